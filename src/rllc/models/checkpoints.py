@@ -326,15 +326,17 @@ def scan_huggingface(path: Path) -> CheckpointSeries:
         if not cfg_path.exists():
             raise CheckpointError(f"{folder}: Hugging Face checkpoint folder without config.json")
         configs[step] = read_json(cfg_path)
-    reference_step = min(configs)
-    try:
-        cfg = hf_model_config(configs[reference_step])
-    except ValueError as e:
-        raise CheckpointError(f"{folders[reference_step] / 'config.json'}: {e}") from e
+    converted = {}
     for step, c in configs.items():
-        other = model_config(hf_model_config(c).to_dict(), folders[step] / "config.json")
-        if other.to_dict() != cfg.to_dict():
-            diff = {k for k, v in cfg.to_dict().items() if other.to_dict().get(k) != v}
+        try:
+            converted[step] = hf_model_config(c).to_dict()
+        except ValueError as e:
+            raise CheckpointError(f"{folders[step] / 'config.json'}: {e}") from e
+    reference_step = min(configs)
+    cfg = model_config(converted[reference_step], folders[reference_step] / "config.json")
+    for step, other in converted.items():
+        if other != converted[reference_step]:
+            diff = {k for k, v in converted[reference_step].items() if other.get(k) != v}
             raise CheckpointError(
                 f"{path}: mixed architectures: {folders[step].name} differs from "
                 f"{folders[reference_step].name} in {sorted(diff)}"
