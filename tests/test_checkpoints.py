@@ -107,3 +107,24 @@ def test_wrapped_state_dict_and_bad_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"n_layers": 2}))
     with pytest.raises(CheckpointError, match=r"config\.json: config lacks required"):
         load_checkpoints(tmp_path)
+
+
+def test_hugging_face_checkpoint_folders(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf_models = {}
+    for i, step in enumerate((10, 20)):
+        torch.manual_seed(i)
+        config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=4, vocab_size=30, n_positions=8)
+        hf_models[step] = transformers.GPT2LMHeadModel(config).eval()
+        hf_models[step].save_pretrained(tmp_path / f"checkpoint-{step}")
+    series = load_checkpoints(tmp_path)
+    assert series.format == "huggingface" and series.steps == [10, 20]
+    tokens = torch.randint(0, 30, (2, 8))
+    for step, model in series.items():
+        expected = hf_models[step](tokens).logits
+        torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=1e-5)
+    # A folder of another size makes the directory mixed: named, not loaded.
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=4, vocab_size=30, n_positions=8)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "checkpoint-30")
+    with pytest.raises(CheckpointError, match=r"mixed architectures: checkpoint-30 differs .* \['n_layers'\]"):
+        load_checkpoints(tmp_path)
