@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds: for tests and trying the tools.
     "tiny": dict(
         model=dict(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32),
-        data=["prose"], max_chars=200_000, vocab_size=256, n_steps=300, batch_size=16,
+        data=["prose"], max_chars=200_000, vocab_size=512, n_steps=300, batch_size=16,
         schedule="log:10,linear:5", eval_batches=4,
     ),
     # Minutes on 2 CPU cores: 2 layers x 8 heads, attention-only, shortformer.
@@ -127,20 +127,58 @@ def build_datasets(cfg: TrainConfig, out: Path, cache_dir: Path | None = None):
     """Tokenizer (trained once, saved with the run) and train/eval token datasets."""
     from rllc.data import TokenDataset, load_corpus, load_tokenizer, save_tokenizer, tokenize_corpus, train_tokenizer
 
-    corpora = [load_corpus(source, max_chars=cfg.max_chars) for source in cfg.data]
+    corpus = mix_corpora([cap_corpus(load_corpus(source), cfg.max_chars) for source in cfg.data])
     tok_path = out / "tokenizer.json"
     if tok_path.exists():
         tokenizer = load_tokenizer(tok_path)
     else:
-        tokenizer = train_tokenizer(corpora, vocab_size=cfg.vocab_size, seed=cfg.seed)
+        tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size, seed=cfg.seed)
         save_tokenizer(tokenizer, tok_path)
-    cache_dir = cache_dir or default_cache_dir()
-    tokens = [tokenize_corpus(c, tokenizer, cache_dir) for c in corpora]
+    tokens = tokenize_corpus(corpus, tokenizer, cache_dir or default_cache_dir())
     n_ctx = cfg.model["n_ctx"]
-    train_ds = TokenDataset.concat(tokens, n_ctx, split="train", eval_fraction=cfg.eval_fraction)
-    eval_ds = TokenDataset.concat(tokens, n_ctx, split="eval", eval_fraction=cfg.eval_fraction)
-    data_meta = [c.meta for c in corpora]
-    return tokenizer, train_ds, eval_ds, data_meta
+    train_ds = TokenDataset(tokens, n_ctx, split="train", eval_fraction=cfg.eval_fraction, name=corpus.name)
+    eval_ds = TokenDataset(tokens, n_ctx, split="eval", eval_fraction=cfg.eval_fraction, name=corpus.name)
+    return tokenizer, train_ds, eval_ds, corpus.meta
+
+
+def cap_corpus(corpus, max_chars: int | None):
+    """The leading documents of a corpus, up to `max_chars` characters."""
+    from rllc.data import Corpus
+
+    if max_chars is None or corpus.n_chars <= max_chars:
+        return corpus
+    docs, total = [], 0
+    for doc in corpus.documents:
+        docs.append(doc[: max_chars - total])
+        total += len(docs[-1])
+        if total >= max_chars:
+            break
+    return Corpus.from_documents(corpus.name, docs, source=corpus.meta.get("source", corpus.name),
+                                 capped_at_chars=max_chars, uncapped_hash=corpus.content_hash)
+
+
+def mix_corpora(corpora):
+    """Interleave documents in proportion to each corpus's length.
+
+    Each document is placed by its relative position within its own corpus, so
+    every stretch of the result (the eval split at the tail included) holds
+    every source in the same proportion as the whole.
+    """
+    from rllc.data import Corpus
+
+    if len(corpora) == 1:
+        return corpora[0]
+    keyed = []
+    for c in corpora:
+        position = 0
+        for doc in c.documents:
+            position += len(doc)
+            keyed.append((position / c.n_chars, len(keyed), doc))
+    return Corpus.from_documents(
+        "+".join(c.name for c in corpora), [doc for _, _, doc in sorted(keyed)],
+        source=" + ".join(c.meta.get("source", c.name) for c in corpora),
+        parts=[c.meta for c in corpora], order="interleaved by relative position",
+    )
 
 
 def default_cache_dir() -> Path:
@@ -202,6 +240,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, train_losses = int(state["step"]), state["train_losses"].tolist()
+        if progress:
+            print(f"resuming {out} from step {step}")
     # Rows at or after the resumed step are recomputed, identically, below.
     write_metrics(out, [m for m in read_metrics(out) if m["step"] < step])
 

@@ -49,7 +49,7 @@ class LayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        return self.hook_normalized(x / scale) * self.w + self.b
 
 
 class Attention(nn.Module):
