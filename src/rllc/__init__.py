@@ -1,8 +1,25 @@
-"""rllc: refined local learning coefficients per attention head over training."""
+"""rllc: refined local learning coefficients per attention head over training.
+
+Names are imported lazily so `rllc --help` and `import rllc.data` do not pay
+for torch/transformer-lens start-up until a model is needed.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from rllc.models import ModelConfig, Transformer  # noqa: E402
-from rllc.models.checkpoints import CheckpointError, CheckpointSeries, load_checkpoints  # noqa: E402
+_EXPORTS = {
+    "ModelConfig": "rllc.models.config",
+    "Transformer": "rllc.models.transformer",
+    "CheckpointError": "rllc.models.checkpoints",
+    "CheckpointSeries": "rllc.models.checkpoints",
+    "load_checkpoints": "rllc.models.checkpoints",
+}
 
-__all__ = ["CheckpointError", "CheckpointSeries", "ModelConfig", "Transformer", "load_checkpoints", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rllc' has no attribute {name!r}")

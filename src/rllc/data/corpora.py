@@ -66,7 +66,9 @@ class Corpus:
             "n_chars": sum(len(d) for d in documents),
             "content_hash": content_hash(documents),
         }
-        return cls(name=name, documents=documents, meta={**base, **meta})
+        # the computed fields describe the documents and cannot be overridden
+        extra = {k: v for k, v in meta.items() if k not in base}
+        return cls(name=name, documents=documents, meta={**base, **extra})
 
     @property
     def n_chars(self) -> int:
@@ -166,7 +168,9 @@ def _load_jsonl(path: Path) -> Corpus:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object") from e
+                    raise DataError(
+                        f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object"
+                    ) from e
                 if not isinstance(record, dict) or "text" not in record:
                     raise DataError(
                         f"{path}:{lineno}: line has no 'text' field; each line must be "
