@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
 
     bar = tqdm(total=cfg.n_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {out.name}")
-    t0, step0, last_save = time.monotonic(), step, time.monotonic()
+    t0, step0, last_save, last_eval = time.monotonic(), step, time.monotonic(), "-"
     model.train()
     while True:
         if step in schedule:
@@ -266,7 +266,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
                    "eval_loss": evaluate(model, eval_batches), "tokens": step * tokens_per_step}
             append_metric(out, row)
             train_losses = []
-            bar.set_postfix(train=f"{row['train_loss'] or float('nan'):.3f}", eval=f"{row['eval_loss']:.3f}")
+            last_eval = f"{row['eval_loss']:.3f}"
+            bar.set_postfix(eval=last_eval)
         if step >= cfg.n_steps:
             break
         if step in schedule or time.monotonic() - last_save > resume_every_s:
@@ -284,6 +285,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
         train_losses.append(loss.item())
         step += 1
         bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix(train=f"{sum(train_losses[-25:]) / len(train_losses[-25:]):.3f}", eval=last_eval)
     bar.close()
     resume_path.unlink(missing_ok=True)  # finished: the last checkpoint is the whole state
     elapsed = time.monotonic() - t0
