@@ -110,3 +110,22 @@ def test_config_file_and_presets(tmp_path):
         preset("tiny", bogus=1)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+def test_training_on_a_token_array(tmp_path):
+    import numpy as np
+
+    ids = np.tile(np.arange(2, 50, dtype=np.uint16), 200)  # a fully predictable sequence
+    np.save(tmp_path / "ids.npy", ids)
+    cfg = preset("tiny", data=[str(tmp_path / "ids.npy")], vocab_size=64, n_steps=60, schedule="linear:2")
+    train(cfg, tmp_path / "run", progress=False)
+    series = load_checkpoints(tmp_path / "run")
+    assert series.tokenizer_path is None and series.config.d_vocab == 64
+    losses = [m["eval_loss"] for m in series.metrics()]
+    assert losses[-1] < losses[0] - 1.0
+    np.save(tmp_path / "bad.npy", np.array([1, 2, 99]))
+    with pytest.raises(ValueError, match="bad.npy: token id 99 is out of range"):
+        train(preset("tiny", data=[str(tmp_path / "bad.npy")], vocab_size=64), tmp_path / "run2", progress=False)
+    with pytest.raises(ValueError, match="mixes .npy"):
+        train(preset("tiny", data=[str(tmp_path / "ids.npy"), "prose"], vocab_size=64), tmp_path / "run3",
+              progress=False)

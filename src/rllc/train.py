@@ -124,21 +124,48 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def build_datasets(cfg: TrainConfig, out: Path, cache_dir: Path | None = None):
-    """Tokenizer (trained once, saved with the run) and train/eval token datasets."""
+    """Tokenizer (trained once, saved with the run) and train/eval token datasets.
+
+    Text sources are tokenised with a BPE tokenizer trained on them; `.npy`
+    sources are token ids already (all sources must then be `.npy`, and
+    `vocab_size` must cover their ids; the run has no tokenizer).
+    """
     from rllc.data import TokenDataset, load_corpus, load_tokenizer, save_tokenizer, tokenize_corpus, train_tokenizer
 
-    corpus = mix_corpora([cap_corpus(load_corpus(source), cfg.max_chars) for source in cfg.data])
-    tok_path = out / "tokenizer.json"
-    if tok_path.exists():
-        tokenizer = load_tokenizer(tok_path)
-    else:
-        tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size, seed=cfg.seed)
-        save_tokenizer(tokenizer, tok_path)
-    tokens = tokenize_corpus(corpus, tokenizer, cache_dir or default_cache_dir())
     n_ctx = cfg.model["n_ctx"]
-    train_ds = TokenDataset(tokens, n_ctx, split="train", eval_fraction=cfg.eval_fraction, name=corpus.name)
-    eval_ds = TokenDataset(tokens, n_ctx, split="eval", eval_fraction=cfg.eval_fraction, name=corpus.name)
-    return tokenizer, train_ds, eval_ds, corpus.meta
+    npy = [str(s).lower().endswith(".npy") for s in cfg.data]
+    if any(npy):
+        if not all(npy):
+            raise ValueError("--data mixes .npy token arrays with text; their token ids would not agree")
+        tokens, meta = load_npy_sources(cfg)
+        tokenizer, name = None, "+".join(Path(s).stem for s in cfg.data)
+    else:
+        corpus = mix_corpora([cap_corpus(load_corpus(source), cfg.max_chars) for source in cfg.data])
+        tok_path = out / "tokenizer.json"
+        if tok_path.exists():
+            tokenizer = load_tokenizer(tok_path)
+        else:
+            tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size, seed=cfg.seed)
+            save_tokenizer(tokenizer, tok_path)
+        tokens = tokenize_corpus(corpus, tokenizer, cache_dir or default_cache_dir())
+        meta, name = corpus.meta, corpus.name
+    train_ds = TokenDataset(tokens, n_ctx, split="train", eval_fraction=cfg.eval_fraction, name=name)
+    eval_ds = TokenDataset(tokens, n_ctx, split="eval", eval_fraction=cfg.eval_fraction, name=name)
+    return tokenizer, train_ds, eval_ds, meta
+
+
+def load_npy_sources(cfg: TrainConfig):
+    import hashlib
+
+    import numpy as np
+
+    from rllc.data import load_token_array
+
+    arrays = [load_token_array(s, vocab_size=cfg.vocab_size) for s in cfg.data]
+    tokens = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    digest = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()
+    return tokens, {"source": [str(Path(s).resolve()) for s in cfg.data], "n_tokens": int(len(tokens)),
+                    "content_hash": digest}
 
 
 def cap_corpus(corpus, max_chars: int | None):
