@@ -129,3 +129,11 @@ def test_training_on_a_token_array(tmp_path):
     with pytest.raises(ValueError, match="mixes .npy"):
         train(preset("tiny", data=[str(tmp_path / "ids.npy"), "prose"], vocab_size=64), tmp_path / "run3",
               progress=False)
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_experiment_configs_match_their_presets(name):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / f"{name}.toml"
+    assert load_train_config(path) == preset(name)
