@@ -19,7 +19,7 @@ from rllc.train import next_token_loss, preset
 
 def time_steps(name: str, steps: int) -> tuple[float, int, int]:
     cfg = preset(name)
-    model = Transformer(cfg.model_config())
+    model = Transformer(cfg.model_config()).fused_attention()  # as rllc.train does
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_ctx = cfg.model["n_ctx"]
     batch = torch.randint(0, cfg.vocab_size, (cfg.batch_size, n_ctx), generator=torch.Generator().manual_seed(0))

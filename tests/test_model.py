@@ -95,3 +95,12 @@ def test_config_from_transformerlens_dict_ignores_foreign_fields():
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="n_ctx"):
         Transformer(tiny())(torch.zeros(1, 13, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos", ["shortformer", "rotary"])
+def test_fused_attention_matches_the_explicit_path(pos):
+    model = Transformer(tiny(positional_embedding_type=pos))
+    tokens = torch.randint(0, 40, (3, 12))
+    explicit = model(tokens)
+    torch.testing.assert_close(model.fused_attention()(tokens), explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.fused_attention(False)(tokens), explicit, rtol=0, atol=0)

@@ -259,7 +259,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
         record["data"] = data_meta
         atomic_write_bytes(config_path, lambda p: p.write_text(json.dumps(record, indent=2)))
 
-    model = Transformer(model_cfg)
+    model = Transformer(model_cfg).fused_attention()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     step, train_losses = 0, []
     if resume_path.exists():
