@@ -104,3 +104,15 @@ def test_fused_attention_matches_the_explicit_path(pos):
     explicit = model(tokens)
     torch.testing.assert_close(model.fused_attention()(tokens), explicit, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.fused_attention(False)(tokens), explicit, rtol=0, atol=0)
+
+
+def test_return_types_as_hooked_transformer():
+    model = Transformer(tiny())
+    tokens = torch.randint(0, 40, (2, 12))
+    logits, loss = model(tokens, return_type="both")
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 40), tokens[:, 1:].reshape(-1))
+    torch.testing.assert_close(model(tokens, return_type="loss"), expected)
+    assert model(tokens, return_type=None) is None
+    assert model.to("cpu", print_details=False) is model
+    with pytest.raises(ValueError, match="return_type"):
+        model(tokens, return_type="probs")

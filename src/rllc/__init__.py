@@ -14,6 +14,14 @@ _EXPORTS = {
     "CheckpointError": "rllc.models.checkpoints",
     "CheckpointSeries": "rllc.models.checkpoints",
     "load_checkpoints": "rllc.models.checkpoints",
+    "Component": "rllc.models.components",
+    "resolve_component": "rllc.models.components",
+    "heads": "rllc.models.components",
+    "estimate_llc": "rllc.sampling",
+    "calibrate": "rllc.sampling",
+    "LLCEstimate": "rllc.sampling",
+    "ChainDivergedError": "rllc.sampling",
+    "NonFiniteDataError": "rllc.sampling",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -236,7 +236,13 @@ class Transformer(HookedRootModule):
             block.attn.fused = on
         return self
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def to(self, *args, print_details: bool = False, **kwargs):
+        # HookedTransformer.to takes print_details; tools written for it (devinterp) pass it.
+        return super().to(*args, **kwargs)
+
+    def forward(self, tokens: Tensor, return_type: str | None = "logits") -> Tensor | None:
+        """`return_type` as in HookedTransformer: "logits", "loss" (mean next-token
+        cross-entropy), "both" (a (logits, loss) tuple) or None."""
         if tokens.shape[-1] > self.cfg.n_ctx:
             raise ValueError(f"sequence length {tokens.shape[-1]} exceeds the model's n_ctx {self.cfg.n_ctx}")
         resid = self.hook_embed(self.embed(tokens))
@@ -249,7 +255,17 @@ class Transformer(HookedRootModule):
             resid = block(resid, shortformer_pos)
         if self.cfg.normalization_type == "LN":
             resid = self.ln_final(resid)
-        return self.unembed(resid)
+        if return_type is None:
+            return None
+        logits = self.unembed(resid)
+        if return_type == "logits":
+            return logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return logits, loss
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Accepts HookedTransformer state dicts: derived buffers are dropped."""

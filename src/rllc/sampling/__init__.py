@@ -1,0 +1,24 @@
+"""Projected SGLD and (refined) local learning coefficient estimation."""
+
+from rllc.sampling.calibrate import calibrate, plot_calibration
+from rllc.sampling.data import BatchStream, NonFiniteDataError, TeacherTargets, next_token_loss, teacher_loss
+from rllc.sampling.diagnostics import ChainDivergedError, ess, split_rhat
+from rllc.sampling.kernel import ProjectedSGLD, chain_seed
+from rllc.sampling.llc import LLCEstimate, estimate_llc
+
+__all__ = [
+    "BatchStream",
+    "ChainDivergedError",
+    "LLCEstimate",
+    "NonFiniteDataError",
+    "ProjectedSGLD",
+    "TeacherTargets",
+    "calibrate",
+    "chain_seed",
+    "ess",
+    "estimate_llc",
+    "next_token_loss",
+    "plot_calibration",
+    "split_rhat",
+    "teacher_loss",
+]

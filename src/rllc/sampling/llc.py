@@ -1,0 +1,205 @@
+"""Local learning coefficient estimation: weight- and data-refined, any torch model.
+
+    llc_hat = nbeta * ( mean_t L_{B_t}(w_t) - L_init )                 (standard)
+    llc_hat = nbeta *   mean_t ( L_{B_t}(w_t) - L_{B_t}(w*) )          (paired)
+
+w_t are SGLD draws from the localized tempered posterior restricted to a
+component (see kernel.py), B_t the minibatch of step t (shared by all
+chains), L_init the mean loss at w* over the first `init_loss_batches`
+batches. The loss of draw t is the one computed for the gradient of step t,
+at the weights before that step, so draw 0 is w* itself when burn_in = 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rllc.models.components import ComponentSpec, resolve_component
+from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, next_token_loss, teacher_loss
+from rllc.sampling.diagnostics import trace_summary
+from rllc.sampling.kernel import ProjectedSGLD, chain_seed
+
+
+@dataclass(eq=False)
+class LLCEstimate:
+    """An LLC estimate with its spread, traces, hyperparameters and diagnostics."""
+
+    mean: float
+    std: float  # across chains (ddof=1; devinterp reports ddof=0)
+    per_chain: np.ndarray
+    loss_trace: np.ndarray = field(repr=False)  # [chains, draws]: L_{B_t}(w_t), burn-in excluded
+    init_loss: float
+    component: str
+    n_coords: int
+    hyperparameters: dict[str, Any]
+    diagnostics: dict[str, Any] = field(repr=False)
+
+    def to_row(self) -> dict[str, Any]:
+        """One flat row for a tidy table: the estimate, its hyperparameters and scalar diagnostics."""
+        d = self.diagnostics
+        row = {
+            "component": self.component,
+            "n_coords": self.n_coords,
+            "estimator": d["estimator"],
+            "llc_mean": self.mean,
+            "llc_std": self.std,
+            "llc_se": d["se"],
+            "init_loss": self.init_loss,
+            **self.hyperparameters,
+            "rhat": d["rhat"],
+            "ess": d["ess"],
+            "mala_accept": d["mala_accept"],
+            "distance_max": float(np.max(d["distance_max"])),
+            "seconds": d["seconds"],
+            "seconds_per_step": d["seconds_per_step"],
+        }
+        for name in ("standard", "paired"):
+            if name in d:
+                for key in ("mean", "std", "se"):
+                    row[f"llc_{name}_{key}"] = d[name][key]
+        return row
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Iterable,
+    *,
+    loss_fn: LossFn | None = None,
+    component: ComponentSpec = None,
+    epsilon: float = 1e-3,
+    nbeta: float = 30.0,
+    gamma: float = 200.0,
+    chains: int = 4,
+    draws: int = 200,
+    burn_in: int = 0,
+    init_loss_batches: int = 16,
+    seed: int = 0,
+    paired: bool = False,
+    teacher: nn.Module | None = None,
+    weight_decay: float = 0.0,
+    bounding_box: float | None = None,
+    chain_seeds: Sequence[int] | None = None,
+    max_loss_increase: float | None = None,
+) -> LLCEstimate:
+    """Estimate the (refined) LLC of `model` at its current weights w*.
+
+    data: iterable of batches, cycled (batch t at step t for every chain).
+    loss_fn(model, batch) -> scalar mean loss; None: next-token cross-entropy
+        on token batches, or with `teacher`, cross-entropy against the
+        teacher's next-token distribution on the batches' contexts (a custom
+        loss_fn with a teacher receives (tokens, teacher_log_probs) batches).
+    component: which coordinates move (see rllc.models.components); None: all.
+    paired: report nbeta * mean(L_B(w_t) - L_B(w*)) (one extra forward per
+        step, shared by the chains); both estimators are in .diagnostics.
+    chain_seeds: explicit generator seeds per chain (default chain_seed(seed, c)).
+    max_loss_increase: a draw whose loss exceeds L_init by more than this
+        raises ChainDivergedError (default 10 * max(1, |L_init|)).
+
+    The model is used in its current train/eval mode and left exactly as it
+    was (weights bit for bit, requires_grad, .grad), also after an error.
+    """
+    if chains < 1 or draws < 1 or burn_in < 0 or init_loss_batches < 1:
+        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, init_loss_batches >= 1; got "
+                         f"chains={chains}, draws={draws}, burn_in={burn_in}, init_loss_batches={init_loss_batches}")
+    comp = resolve_component(model, component)
+    if loss_fn is None:
+        loss_fn = teacher_loss if teacher is not None else next_token_loss
+    stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None)
+    seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
+    if len(seeds) != chains:
+        raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
+    _check_finite_weights(model)
+
+    start = time.perf_counter()
+    init_loss = _init_loss(model, loss_fn, stream, init_loss_batches)
+    increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
+    kernel = ProjectedSGLD(model, comp, loss_fn, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chain_seeds=seeds,
+                           weight_decay=weight_decay, bounding_box=bounding_box, max_loss=init_loss + increase)
+    steps = burn_in + draws
+    losses = np.empty((chains, steps))
+    sq_dist = np.empty((chains, steps))
+    log_accept = np.full((chains, steps), np.nan)
+    ref = np.full(steps, np.nan)
+    with kernel:
+        for t in range(steps):
+            batch = stream[t]
+            if paired:
+                ref[t] = kernel.loss_at_w_star(batch)
+            for c in range(chains):
+                info = kernel.step(c, batch, loss_offset=ref[t] if paired else 0.0)
+                losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
+    seconds = time.perf_counter() - start
+
+    trace = losses[:, burn_in:]
+    standard = _summarize(nbeta * (trace - init_loss))
+    diagnostics: dict[str, Any] = {
+        "estimator": "paired" if paired else "standard",
+        "standard": standard,
+        "chain_mean_loss": trace.mean(axis=1),
+        "chain_std_loss": trace.std(axis=1, ddof=1) if draws > 1 else np.full(chains, np.nan),
+        "mala_accept_per_chain": np.nanmean(np.minimum(1.0, np.exp(np.minimum(log_accept, 0.0))), axis=1)
+        if steps > 1 else np.full(chains, np.nan),
+        "distance_final": np.sqrt(sq_dist[:, -1]),
+        "distance_max": np.sqrt(sq_dist.max(axis=1)),
+        "distance_trace": np.sqrt(sq_dist),
+        "burn_in_loss_trace": losses[:, :burn_in],
+        "n_distinct_batches": stream.n_distinct,
+        "seconds": seconds,
+        "seconds_per_step": seconds / (steps * chains),
+    }
+    diagnostics["mala_accept"] = float(np.mean(diagnostics["mala_accept_per_chain"]))
+    chosen = standard
+    if paired:
+        diagnostics["paired"] = chosen = _summarize(nbeta * (trace - ref[None, burn_in:]))
+        diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
+    diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], se=chosen["se"])
+
+    hyper = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay, bounding_box=bounding_box,
+                 chains=chains, draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed,
+                 paired=paired, data_refinement="teacher" if teacher is not None else "data")
+    return LLCEstimate(mean=chosen["mean"], std=chosen["std"], per_chain=chosen["per_chain"], loss_trace=trace,
+                       init_loss=init_loss, component=comp.name, n_coords=comp.n_coords, hyperparameters=hyper,
+                       diagnostics=diagnostics)
+
+
+def _summarize(draw_values: np.ndarray) -> dict[str, Any]:
+    """Estimate and spreads from per-draw values nbeta*(L - reference), [chains, draws]."""
+    per_chain = draw_values.mean(axis=1)
+    summary = trace_summary(draw_values)
+    n_eff = summary["ess"]
+    draw_std = float(draw_values.std(ddof=1)) if draw_values.size > 1 else math.nan
+    return {
+        "mean": float(per_chain.mean()),
+        "std": float(per_chain.std(ddof=1)) if per_chain.size > 1 else math.nan,
+        "per_chain": per_chain,
+        "se": draw_std / math.sqrt(n_eff) if n_eff == n_eff and n_eff > 0 else math.nan,
+        "draw_std": draw_std,
+        "rhat": summary["rhat"],
+        "ess": n_eff,
+    }
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"parameter {name} of the model contains NaN/Inf at w*: the checkpoint is broken")
+
+
+@torch.no_grad()
+def _init_loss(model: nn.Module, loss_fn: LossFn, stream: BatchStream, n_batches: int) -> float:
+    total = 0.0
+    for i in range(n_batches):
+        value = float(loss_fn(model, stream[i]))
+        if not math.isfinite(value):
+            raise ValueError(f"the loss at w* on batch {i} is {value} although data and weights are finite; "
+                             "check loss_fn")
+        total += value
+    return total / n_batches
