@@ -57,7 +57,7 @@ def token_cache_key(corpus: Corpus, tokenizer: TokenizerLike) -> str:
 
 def token_cache_path(corpus: Corpus, tokenizer: TokenizerLike, cache_dir: str | os.PathLike[str]) -> Path:
     safe_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in corpus.name) or "corpus"
-    return Path(cache_dir) / f"{safe_name}-{token_cache_key(corpus, tokenizer)[:20]}.npy"
+    return Path(cache_dir).expanduser() / f"{safe_name}-{token_cache_key(corpus, tokenizer)[:20]}.npy"
 
 
 def _encode(corpus: Corpus, tokenizer: TokenizerLike) -> np.ndarray:
