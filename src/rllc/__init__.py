@@ -22,6 +22,10 @@ _EXPORTS = {
     "LLCEstimate": "rllc.sampling",
     "ChainDivergedError": "rllc.sampling",
     "NonFiniteDataError": "rllc.sampling",
+    "hessian_trace": "rllc.curvature",
+    "hessian_eigenvalues": "rllc.curvature",
+    "hessian_rank": "rllc.curvature",
+    "fim_trace": "rllc.curvature",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
