@@ -23,14 +23,6 @@ from rllc.models import ModelConfig, Transformer
 CFG = dict(n_layers=2, d_model=32, n_ctx=17, d_head=8, n_heads=3, d_vocab=30)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return Transformer(ModelConfig(**CFG, seed=3)).eval()

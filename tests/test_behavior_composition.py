@@ -13,14 +13,6 @@ from rllc.behavior.planted import planted_induction_model
 from rllc.models import ModelConfig, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     cfg = ModelConfig(n_layers=3, d_model=48, n_ctx=16, d_head=12, n_heads=4, d_vocab=40, seed=5)

@@ -9,14 +9,6 @@ from rllc.behavior import elbow_split, participation_ratio, participation_ratios
 from rllc.behavior.planted import planted_induction_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_rank_one_has_pr_one_and_k_orthogonal_equal_norms_have_pr_k():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(16, generator=g)

@@ -11,15 +11,6 @@ from rllc.models import ModelConfig, Transformer
 PLANTED = {"previous_token": "0:0", "current_token": "0:1", "induction": "1:0"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models run far faster on one thread when the cores are shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planted():
     return planted_induction_model()

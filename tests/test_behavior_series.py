@@ -28,14 +28,6 @@ CFG = ModelConfig(n_layers=2, d_model=32, n_ctx=33, d_head=8, n_heads=2, d_vocab
 STEPS = [0, 50, 200]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A TransformerLens-format directory: config.json plus one state dict per step."""

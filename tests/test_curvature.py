@@ -53,15 +53,6 @@ from rllc.sampling.data import next_token_loss
 COMPONENTS = ["1:1", None]  # one head of layer 1 (81 coordinates) and the whole model (467)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and threads contending with other jobs cost several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 1) -> Transformer:
     cfg = ModelConfig(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_vocab=5, seed=seed)
     return Transformer(cfg).double()

@@ -27,14 +27,6 @@ INIT_SEED, BATCH, CHAINS, DRAWS, INIT_BATCHES = 100, 16, 4, 100, 4
 HYPER = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Plain(nn.Module):
     """devinterp treats anything with cfg.n_heads as a HookedTransformer (to(..., print_details)); hide it."""
 

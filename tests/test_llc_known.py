@@ -23,14 +23,6 @@ from rllc.sampling import estimate_llc
 from rllc.sampling.toys import POTENTIALS, Potential, make_linear_regression, quadratic_sgld_expectation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 NBETA, GAMMA = 1000.0, 1.0  # nbeta * h >> gamma for every curvature h below: the prior barely biases
 
 

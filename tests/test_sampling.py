@@ -14,15 +14,6 @@ from rllc.sampling import (ChainDivergedError, NonFiniteDataError, ProjectedSGLD
 from rllc.sampling.toys import make_linear_regression
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread hand-offs cost more than they save, and the box is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lm():
     """A 2-layer attention-only model trained briefly on repeated random sequences, and its data."""

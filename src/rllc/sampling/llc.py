@@ -88,6 +88,7 @@ def estimate_llc(
     bounding_box: float | None = None,
     chain_seeds: Sequence[int] | None = None,
     max_loss_increase: float | None = None,
+    fast: bool | str = "auto",
 ) -> LLCEstimate:
     """Estimate the (refined) LLC of `model` at its current weights w*.
 
@@ -103,9 +104,30 @@ def estimate_llc(
     max_loss_increase: a draw whose loss exceeds L_init by more than this
         raises ChainDivergedError (default 10 * max(1, |L_init|)).
 
+    fast: "auto" (default) uses the batched attention-head sampler of
+        rllc.sampling.fast when the model is a supported attention-only
+        Transformer, the component is one head "l:h" and the loss is the
+        default next-token loss; True requires it (error if unsupported);
+        False always uses the generic kernel. Both follow the same
+        reproducibility contract, so they agree to float tolerance.
+
     The model is used in its current train/eval mode and left exactly as it
     was (weights bit for bit, requires_grad, .grad), also after an error.
     """
+    if fast not in (True, False, "auto"):
+        raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
+    if fast is not False:
+        from rllc.sampling import fast as fast_mod
+
+        reason = fast_mod.unsupported_reason(model, [component], loss_fn=loss_fn, teacher=teacher)
+        if reason is None:
+            return fast_mod.estimate_llc_sweep(
+                model, data, components=[component], epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
+                draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                weight_decay=weight_decay, bounding_box=bounding_box, chain_seeds=chain_seeds,
+                max_loss_increase=max_loss_increase, fast=True)[component.strip()]
+        if fast is True:
+            raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
     if chains < 1 or draws < 1 or burn_in < 0 or init_loss_batches < 1:
         raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, init_loss_batches >= 1; got "
                          f"chains={chains}, draws={draws}, burn_in={burn_in}, init_loss_batches={init_loss_batches}")
@@ -138,6 +160,21 @@ def estimate_llc(
                 losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
     seconds = time.perf_counter() - start
 
+    return _assemble(losses=losses, sq_dist=sq_dist, log_accept=log_accept, ref=ref, init_loss=init_loss,
+                     burn_in=burn_in, draws=draws, chains=chains, nbeta=nbeta, paired=paired,
+                     n_distinct=stream.n_distinct, seconds=seconds, component=comp.name, n_coords=comp.n_coords,
+                     hyper=dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay,
+                                bounding_box=bounding_box, chains=chains, draws=draws, burn_in=burn_in,
+                                init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                                data_refinement="teacher" if teacher is not None else "data"))
+
+
+def _assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray, ref: np.ndarray,
+              init_loss: float, burn_in: int, draws: int, chains: int, nbeta: float, paired: bool,
+              n_distinct: int, seconds: float, component: str, n_coords: int, hyper: dict[str, Any],
+              steps_done: int | None = None) -> LLCEstimate:
+    """An LLCEstimate from the per-step records of one component's chains (shared by the fast path)."""
+    steps = burn_in + draws
     trace = losses[:, burn_in:]
     standard = _summarize(nbeta * (trace - init_loss))
     diagnostics: dict[str, Any] = {
@@ -151,9 +188,9 @@ def estimate_llc(
         "distance_max": np.sqrt(sq_dist.max(axis=1)),
         "distance_trace": np.sqrt(sq_dist),
         "burn_in_loss_trace": losses[:, :burn_in],
-        "n_distinct_batches": stream.n_distinct,
+        "n_distinct_batches": n_distinct,
         "seconds": seconds,
-        "seconds_per_step": seconds / (steps * chains),
+        "seconds_per_step": seconds / ((steps_done or steps) * chains),
     }
     diagnostics["mala_accept"] = float(np.mean(diagnostics["mala_accept_per_chain"]))
     chosen = standard
@@ -161,12 +198,8 @@ def estimate_llc(
         diagnostics["paired"] = chosen = _summarize(nbeta * (trace - ref[None, burn_in:]))
         diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
     diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], se=chosen["se"])
-
-    hyper = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay, bounding_box=bounding_box,
-                 chains=chains, draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed,
-                 paired=paired, data_refinement="teacher" if teacher is not None else "data")
     return LLCEstimate(mean=chosen["mean"], std=chosen["std"], per_chain=chosen["per_chain"], loss_trace=trace,
-                       init_loss=init_loss, component=comp.name, n_coords=comp.n_coords, hyperparameters=hyper,
+                       init_loss=init_loss, component=component, n_coords=n_coords, hyperparameters=hyper,
                        diagnostics=diagnostics)
 
 

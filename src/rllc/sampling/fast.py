@@ -1,0 +1,532 @@
+"""Fast path: every requested head of an attention-only Transformer, all chains, one batched sampler.
+
+Same estimator and same reproducibility contract as the generic kernel
+(``rllc.sampling.kernel``), so with the same seeds the chains agree with
+``estimate_llc(..., fast=False)`` to float tolerance:
+
+* all (component, chain) pairs advance in lockstep on one minibatch stream;
+* chain c owns one generator seeded ``chain_seed(seed, c)`` (or
+  ``chain_seeds[c]``); at each step it draws one full-shape standard normal of
+  W_Q, W_K, W_V, W_O, b_Q, b_K, b_V (model parameter order). The generic run
+  of head l:h with chain c takes coordinates ``[h]`` of exactly these draws
+  (every layer has the same shapes), so one draw per chain serves all heads;
+* the update is the kernel's float arithmetic, elementwise on stacked tensors.
+
+What makes it fast:
+
+* per minibatch, the forward pass at w* is run once, without gradients, and
+  cached: each layer's input residual, its LayerNorm output, and every head's
+  z and output at w*;
+* a head of layer l moves only its own output: the residual after layer l is
+  ``resid*_{l+1} - out*_h + out_k``; earlier layers are never recomputed,
+  later layers are (with frozen weights: gradients only flow to the input);
+* for a head of the last layer, the logits are computed in the head's
+  d_head-dimensional subspace: with LN(x) = xc / s * w + b,
+  ``logits = ((Rc_h * w) @ W_U + z_k @ ((W_O,k - mean) * w) @ W_U) / s + b @ W_U + b_U``
+  where the first product is shared by the chains of the head (computed once
+  per minibatch) and the second costs d_head instead of d_model per position;
+* (component, chain) pairs are stacked into [K, ...] weight tensors and run
+  as batched einsums, in chunks of `pair_chunk` pairs to bound memory;
+  gradients are taken only w.r.t. the stacked head weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rllc.models.components import HEAD_PARAMS, _HEAD
+from rllc.sampling.data import BatchStream, next_token_loss, tokens_of
+from rllc.sampling.diagnostics import ChainDivergedError
+from rllc.sampling.kernel import chain_seed
+from rllc.sampling.llc import LLCEstimate, _assemble, _check_finite_weights, _init_loss
+from rllc.sampling.llc import estimate_llc as _estimate_llc
+
+BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
+
+__all__ = ["Bf16Refused", "estimate_llc_sweep", "sweep_table", "unsupported_reason"]
+
+
+def _is_head(spec: Any) -> bool:
+    return isinstance(spec, str) and bool(_HEAD.match(spec.strip())) and not spec.strip().endswith("*")
+
+
+def unsupported_reason(model: nn.Module, components: Sequence[Any] | None, *, loss_fn=None,
+                       teacher=None) -> str | None:
+    """None if the fast path applies to `model` and `components`; else why not (one line)."""
+    from rllc.models.transformer import Transformer
+
+    if not isinstance(model, Transformer):
+        return f"the model is a {type(model).__name__}, not an rllc.models.Transformer"
+    cfg = model.cfg
+    if not cfg.attn_only:
+        return "the model has MLPs (the fast path is for attention-only models)"
+    if cfg.positional_embedding_type not in ("shortformer", "standard"):
+        return f"positional embedding {cfg.positional_embedding_type!r} is not supported"
+    if any(block.attn.fused for block in model.blocks):
+        return "fused attention is on (estimators use the explicit attention path)"
+    if loss_fn is not None and loss_fn is not next_token_loss:
+        return "a custom loss_fn is given (the fast path computes the next-token loss itself)"
+    if teacher is not None:
+        return "data refinement by a teacher is not in the fast path"
+    if model.training and any(isinstance(m, nn.Dropout) for m in model.modules()):
+        return "the model has dropout in training mode"
+    if components is not None:
+        for spec in components:
+            if not _is_head(spec):
+                return f"component {spec!r} is not a single head 'l:h'"
+            layer, head = (int(x) for x in spec.strip().split(":"))
+            if layer >= cfg.n_layers or head >= cfg.n_heads:
+                return f"head {spec!r} does not exist in this model"
+    params = [name for name, _ in model.named_parameters()]
+    order = [n.rsplit(".", 1)[1] for n in params if n.startswith("blocks.0.attn.") and n.rsplit(".", 1)[1] in HEAD_PARAMS]
+    if order != list(HEAD_PARAMS):
+        return f"attention parameters are in an unexpected order {order}"
+    return None
+
+
+class _Cache:
+    """The forward pass at w* on one minibatch (no gradients)."""
+
+    def __init__(self, model: nn.Module, tokens: Tensor, need_head_logits: Sequence[int]):
+        cfg = model.cfg
+        self.tokens = tokens
+        resid = model.embed(tokens)
+        self.pos = None
+        if cfg.positional_embedding_type == "standard":
+            resid = resid + model.pos_embed(tokens)
+        else:
+            self.pos = model.pos_embed(tokens)
+        self.resid = [resid]  # resid[l]: input of layer l; resid[n_layers]: final residual
+        self.x, self.qk, self.z, self.head_out = [], [], [], []
+        for block in model.blocks:
+            attn = block.attn
+            x = block.ln1(resid)
+            qk = x if self.pos is None else x + self.pos
+            q = torch.einsum("bpd,hde->bphe", qk, attn.W_Q) + attn.b_Q
+            k = torch.einsum("bpd,hde->bphe", qk, attn.W_K) + attn.b_K
+            v = torch.einsum("bpd,hde->bphe", x, attn.W_V) + attn.b_V
+            n = q.shape[1]
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / attn.attn_scale
+            scores = scores.masked_fill(~attn.mask[:n, :n], float("-inf"))
+            z = torch.einsum("bhqk,bkhe->bqhe", torch.softmax(scores, dim=-1), v)
+            head_out = torch.einsum("bqhe,hed->hbqd", z, attn.W_O)  # [H, B, T, d]
+            resid = resid + head_out.sum(0) + attn.b_O
+            self.x.append(x)
+            self.qk.append(qk)
+            self.z.append(z.permute(2, 0, 1, 3))  # [H, B, T, dh]
+            self.head_out.append(head_out)
+            self.resid.append(resid)
+        # Last layer: per-head shared logits term A_h = (Rc_h * w) @ W_U, Rc_h the centred residual without head h.
+        self.head_logits: dict[int, Tensor] = {}
+        if need_head_logits:
+            last = cfg.n_layers - 1
+            W_U = model.unembed.W_U
+            lnw = model.ln_final.w if cfg.normalization_type == "LN" else None
+            final = resid[:, :-1]
+            if lnw is not None:
+                final = (final - final.mean(-1, keepdim=True)) * lnw
+            a_full = final @ W_U  # [B, T-1, V]
+            w_o = model.blocks[last].attn.W_O
+            for h in need_head_logits:
+                m_h = _head_unembed(w_o[h], lnw, W_U)
+                self.head_logits[h] = a_full - self.z[last][h][:, :-1] @ m_h
+
+
+def _head_unembed(w_o: Tensor, lnw: Tensor | None, W_U: Tensor) -> Tensor:
+    """((W_O - mean_d W_O) * ln_final.w) @ W_U for a head (or a stack of heads); W_O @ W_U without LN."""
+    if lnw is None:
+        return w_o @ W_U
+    return ((w_o - w_o.mean(-1, keepdim=True)) * lnw) @ W_U
+
+
+class _LayerGroup:
+    """The stacked chains of the requested heads of one layer: pair k = (heads[k // chains], chain k % chains)."""
+
+    def __init__(self, model: nn.Module, layer: int, heads: list[int], chains: int):
+        attn = model.blocks[layer].attn
+        self.layer, self.heads, self.chains = layer, heads, chains
+        self.head_of_pair = torch.tensor([h for h in heads for _ in range(chains)], dtype=torch.long)
+        self.chain_of_pair = [c for _ in heads for c in range(chains)]
+        with torch.no_grad():
+            self.w_star = [getattr(attn, p).detach()[self.head_of_pair].clone() for p in HEAD_PARAMS]
+        self.w = [w.clone() for w in self.w_star]
+        self.w_prev: list[Tensor] | None = None
+        k = len(self.head_of_pair)
+        self.potential_prev = np.full(k, np.nan)
+        self.forward_sq_prev = np.full(k, np.nan)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.head_of_pair)
+
+
+def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int,
+                 low: torch.dtype | None = None) -> Tensor:
+    """Mean next-token loss of each pair [k] whose head hidx[k] of `layer` has weights ws[.][k].
+
+    Pairs come in runs of `group` with the same head (its chains). `low`: dtype of the unembedding
+    matmuls (None: the model's dtype); logits, softmax and losses stay in the model's dtype.
+    """
+    cfg = model.cfg
+    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V = ws
+    attn = model.blocks[layer].attn
+    x, qk = cache.x[layer], cache.qk[layer]
+    q = torch.einsum("btd,kde->kbte", qk, W_Q) + b_Q[:, None, None, :]
+    k = torch.einsum("btd,kde->kbte", qk, W_K) + b_K[:, None, None, :]
+    v = torch.einsum("btd,kde->kbte", x, W_V) + b_V[:, None, None, :]
+    n = q.shape[2]
+    scores = torch.einsum("kbqe,kbse->kbqs", q, k) / attn.attn_scale
+    scores = scores.masked_fill(~attn.mask[:n, :n], float("-inf"))
+    z = torch.einsum("kbqs,kbse->kbqe", torch.softmax(scores, dim=-1), v)  # [k, B, T, dh]
+    targets = cache.tokens[:, 1:].flatten()
+    n_pairs, batch = z.shape[0], z.shape[1]
+    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    if layer == cfg.n_layers - 1:
+        # Logits in the head's subspace (see the module docstring); the last position predicts nothing.
+        z = z[:, :, :-1]
+        lnw = model.ln_final.w if cfg.normalization_type == "LN" else None
+        heads = hidx.view(-1, group)[:, 0]
+        shared = torch.stack([cache.head_logits[int(h)] for h in heads]).flatten(1, 2)  # [n_heads, B*(T-1), V]
+        inv_scale, bias = None, b_U
+        if lnw is not None:
+            out = torch.einsum("kbqe,ked->kbqd", z, W_O)
+            resid = cache.resid[layer + 1][None, :, :-1] - cache.head_out[layer][hidx][:, :, :-1] + out
+            centred = resid - resid.mean(-1, keepdim=True)
+            inv_scale = (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).rsqrt().flatten(1, 2)
+            bias = model.ln_final.b @ W_U + b_U
+        return _LinearCrossEntropy.apply(z.flatten(1, 2), _head_unembed(W_O, lnw, W_U), inv_scale, shared,
+                                         bias, targets, group, low)
+    out = torch.einsum("kbqe,ked->kbqd", z, W_O)
+    resid = cache.resid[layer + 1][None] - cache.head_out[layer][hidx] + out  # [k, B, T, d]
+    resid = resid.flatten(0, 1)
+    pos = None if cache.pos is None else cache.pos.repeat(n_pairs, 1, 1)
+    for block in model.blocks[layer + 1:]:
+        resid = block(resid, pos)
+    if cfg.normalization_type == "LN":
+        resid = model.ln_final(resid)
+    x = resid[:, :-1].unflatten(0, (n_pairs, batch)).flatten(1, 2)  # [k, B*(T-1), d]
+    return _LinearCrossEntropy.apply(x, W_U, None, None, b_U, targets, group, low)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-pair mean next-token cross-entropy of logits = inv_scale * (x @ m + shared) + bias, fused.
+
+    x [k, N, e]; m [k, e, V] or [e, V] (frozen); inv_scale [k, N, 1] or None (1); shared [k // group, N, V]
+    or None, broadcast over the `group` consecutive pairs that share it; bias [V]; targets [N].
+    Returns [k]. Saves the [k, N, V] logits once and turns them into the softmax in place in backward,
+    so the vocabulary-sized tensors are read and written far fewer times than by autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, x, m, inv_scale, shared, bias, targets, group, low):
+        ctx.low = low
+        u = torch.matmul(x, m) if low is None else torch.matmul(x.to(low), m.to(low)).to(x.dtype)
+        if shared is not None:
+            u.unflatten(0, (-1, group)).add_(shared[:, None])
+        if inv_scale is not None:
+            logits = torch.addcmul(bias, u, inv_scale)
+        else:
+            logits, u = u.add_(bias), None
+        lse = torch.logsumexp(logits, dim=-1)
+        index = targets[None, :, None].expand(logits.shape[0], -1, 1)
+        loss = (lse - logits.gather(-1, index)[..., 0]).mean(-1)
+        ctx.save_for_backward(x, m, inv_scale, u, logits, lse, index)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, m, inv_scale, u, logits, lse, index = ctx.saved_tensors
+        p = logits.sub_(lse[..., None]).exp_()  # softmax, in place (the graph is not kept)
+        p.scatter_add_(-1, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
+        coef = (grad_loss / p.shape[1])[:, None, None]
+        grad_x = grad_m = grad_inv = None
+        if inv_scale is not None:
+            if ctx.needs_input_grad[2]:
+                grad_inv = (p * u).sum(-1, keepdim=True) * coef
+            p.mul_(coef * inv_scale)
+        else:
+            p.mul_(coef)
+        low = ctx.low
+        if low is not None:
+            p, m_low = p.to(low), m.to(low)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(p, (m if low is None else m_low).transpose(-1, -2)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_m = torch.matmul((x if low is None else x.to(low)).transpose(-1, -2), p).to(x.dtype)
+        return grad_x, grad_m, grad_inv, None, None, None, None, None
+
+
+def estimate_llc_sweep(
+    model: nn.Module,
+    data: Iterable,
+    components: Sequence[str] | None = None,
+    *,
+    epsilon: float = 1e-3,
+    nbeta: float = 30.0,
+    gamma: float = 200.0,
+    chains: int = 4,
+    draws: int = 200,
+    burn_in: int = 0,
+    init_loss_batches: int = 16,
+    seed: int = 0,
+    paired: bool = False,
+    weight_decay: float = 0.0,
+    bounding_box: float | None = None,
+    chain_seeds: Sequence[int] | None = None,
+    max_loss_increase: float | None = None,
+    fast: bool | str = "auto",
+    pair_chunk: int = 8,
+    compute_dtype: str = "fp32",
+    bf16_pilot_draws: int = 10,
+) -> dict[str, LLCEstimate]:
+    """wrLLC of several heads ("l:h"; None: every head) at once: {head: LLCEstimate}.
+
+    Hyperparameters as in :func:`rllc.sampling.estimate_llc`; every head gets
+    the same chain seeds, so each estimate equals (to float tolerance) the
+    generic ``estimate_llc(model, data, component=head, ...)``. fast="auto"
+    uses the batched sampler when the model supports it and falls back to
+    one generic run per head otherwise; True requires it; False never uses it.
+    `pair_chunk` (head, chain) pairs are evaluated per batched forward/backward.
+
+    compute_dtype="bf16" runs the unembedding matmuls (the bulk of the work)
+    in bfloat16 with float32 logits, softmax and loss sums. It is validated
+    first: a pilot of `bf16_pilot_draws` draws runs in both modes on the same
+    seeds (coupled chains, so the difference is the rounding error alone);
+    if any head's bf16 estimate differs from fp32 by more than half the fp32
+    Monte Carlo error (chain std / sqrt(chains)), bf16 is refused for this
+    model with a warning (Bf16Refused) and the sweep runs in fp32. The
+    outcome is in each estimate's diagnostics["compute_dtype"] / ["bf16_check"].
+    See :func:`sweep_table` for a tidy DataFrame.
+    """
+    from rllc.models.components import heads as all_heads
+
+    comps = list(all_heads(model)) if components is None else [c.strip() if isinstance(c, str) else c
+                                                                  for c in components]
+    if len(set(map(str, comps))) != len(comps):
+        raise ValueError(f"components are repeated: {comps}")
+    if fast not in (True, False, "auto"):
+        raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
+    reason = unsupported_reason(model, comps) if fast is not False else "fast=False"
+    hyper_kw = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains, draws=draws, burn_in=burn_in,
+                    init_loss_batches=init_loss_batches, seed=seed, paired=paired, weight_decay=weight_decay,
+                    bounding_box=bounding_box, chain_seeds=chain_seeds, max_loss_increase=max_loss_increase)
+    if reason is not None:
+        if fast is True:
+            raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
+        return {str(c): _estimate_llc(model, data, component=c, fast=False, **hyper_kw) for c in comps}
+
+    if chains < 1 or draws < 1 or burn_in < 0 or init_loss_batches < 1 or pair_chunk < 1:
+        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, init_loss_batches >= 1, pair_chunk >= 1; "
+                         f"got chains={chains}, draws={draws}, burn_in={burn_in}, "
+                         f"init_loss_batches={init_loss_batches}, pair_chunk={pair_chunk}")
+    if epsilon <= 0 or nbeta <= 0 or gamma < 0 or weight_decay < 0:
+        raise ValueError(f"need epsilon > 0, nbeta > 0, gamma >= 0, weight_decay >= 0; got "
+                         f"epsilon={epsilon}, nbeta={nbeta}, gamma={gamma}, weight_decay={weight_decay}")
+    if bounding_box is not None and bounding_box <= 0:
+        raise ValueError(f"bounding_box must be positive or None, got {bounding_box}")
+    seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
+    if len(seeds) != chains:
+        raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
+    _check_finite_weights(model)
+    if compute_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
+
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)  # frozen: autograd never builds gradients for them
+        run_kw = dict(epsilon=float(epsilon), nbeta=float(nbeta), gamma=float(gamma), chains=chains,
+                      burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                      weight_decay=float(weight_decay), bounding_box=bounding_box,
+                      max_loss_increase=max_loss_increase, pair_chunk=pair_chunk)
+        low, check = None, None
+        if compute_dtype == "bf16":
+            check = _check_bf16(model, data, comps, seeds, min(draws, bf16_pilot_draws), run_kw)
+            low = torch.bfloat16 if check["accepted"] else None
+        out = _run(model, data, comps, seeds, draws=draws, low=low, **run_kw)
+        for est in out.values():
+            est.diagnostics["compute_dtype"] = "bf16" if low is not None else "fp32"
+            est.diagnostics["bf16_check"] = check
+        return out
+    finally:
+        for p, requires_grad, grad in saved:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+class Bf16Refused(UserWarning):
+    """bf16 compute was requested but its estimates disagree with fp32: the sweep ran in fp32."""
+
+
+def _check_bf16(model, data, comps, seeds, pilot_draws, run_kw) -> dict[str, Any]:
+    """Coupled pilot runs in fp32 and bf16: accept bf16 if every head agrees within half its MC error."""
+    import warnings
+
+    ref = _run(model, data, comps, seeds, draws=pilot_draws, low=None, **run_kw)
+    low = _run(model, data, comps, seeds, draws=pilot_draws, low=torch.bfloat16, **run_kw)
+    chains = len(seeds)
+    worst_name, worst_ratio, rows = comps[0], 0.0, {}
+    for name in comps:
+        se = ref[name].std / math.sqrt(chains) if chains > 1 else abs(ref[name].mean) * 0.05
+        diff = abs(low[name].mean - ref[name].mean)
+        ratio = diff / se if se > 0 else math.inf
+        rows[name] = dict(fp32=ref[name].mean, bf16=low[name].mean, mc_error=se, ratio=ratio)
+        if not ratio <= worst_ratio:
+            worst_name, worst_ratio = name, ratio
+    accepted = worst_ratio <= BF16_TOLERANCE
+    check = dict(accepted=accepted, pilot_draws=pilot_draws, worst_head=worst_name, worst_ratio=worst_ratio,
+                 per_head=rows, seconds=ref[comps[0]].diagnostics["sweep_seconds"]
+                 + low[comps[0]].diagnostics["sweep_seconds"])
+    if not accepted:
+        r = rows[worst_name]
+        warnings.warn(f"bf16 compute refused for this model: in a {pilot_draws}-draw pilot on the same seeds, head "
+                      f"{worst_name} gave {r['bf16']:.4g} in bf16 vs {r['fp32']:.4g} in fp32, a difference of "
+                      f"{worst_ratio:.2f} Monte Carlo errors (limit {BF16_TOLERANCE}); running in fp32", Bf16Refused,
+                      stacklevel=3)
+    return check
+
+
+def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, burn_in, init_loss_batches, seed,
+         paired, weight_decay, bounding_box, max_loss_increase, pair_chunk, low=None) -> dict[str, LLCEstimate]:
+    cfg = model.cfg
+    stream = BatchStream(data)
+    start = time.perf_counter()
+    init_loss = _init_loss(model, next_token_loss, stream, init_loss_batches)
+    increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
+    max_loss = init_loss + increase
+
+    by_layer: dict[int, list[int]] = {}
+    for c in comps:
+        layer, head = (int(x) for x in c.split(":"))
+        by_layer.setdefault(layer, []).append(head)
+    groups = [_LayerGroup(model, layer, heads, chains) for layer, heads in sorted(by_layer.items())]
+    last = cfg.n_layers - 1
+    last_heads = next((g.heads for g in groups if g.layer == last), [])
+    generators = [torch.Generator(device=model.unembed.W_U.device).manual_seed(s) for s in seeds]
+    shapes = [getattr(model.blocks[0].attn, p).shape for p in HEAD_PARAMS]
+    dtype = model.unembed.W_U.dtype
+
+    steps = burn_in + draws
+    n_pairs = {g.layer: g.n_pairs for g in groups}
+    losses = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
+    sq_dist = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
+    log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
+    ref = np.full(steps, np.nan)
+    eps, sqrt_eps = epsilon, epsilon ** 0.5
+
+    chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
+    for t in range(steps):
+        batch = stream[t]
+        tokens = tokens_of(batch)
+        with torch.no_grad():
+            cache = _Cache(model, tokens, last_heads)
+            if paired:
+                ref[t] = float(next_token_loss(model, batch))
+            # One full-shape draw per parameter per chain, in model parameter order (the kernel's contract).
+            noise = [[torch.randn(shape, generator=g, dtype=dtype, device=g.device) for shape in shapes]
+                     for g in generators]
+        for group in groups:
+            layer = group.layer
+            step_loss = np.empty(group.n_pairs)
+            grads = [torch.empty_like(w) for w in group.w]
+            for lo in range(0, group.n_pairs, chunk):
+                hi = min(lo + chunk, group.n_pairs)
+                ws = [w[lo:hi].detach().requires_grad_(True) for w in group.w]
+                with torch.enable_grad():
+                    pair_loss = _pair_losses(model, cache, layer, group.head_of_pair[lo:hi], ws, chains, low)
+                    chunk_grads = torch.autograd.grad(pair_loss.sum(), ws)
+                step_loss[lo:hi] = pair_loss.detach().double().cpu().numpy()
+                for g_all, g in zip(grads, chunk_grads):
+                    g_all[lo:hi] = g
+            for k, value in enumerate(step_loss):
+                if not math.isfinite(value):
+                    _diverged(group, k, t, f"the minibatch loss is {value}", epsilon, gamma, nbeta)
+                if value > max_loss:
+                    _diverged(group, k, t, f"the loss exploded to {value:.4g} (threshold {max_loss:.4g})",
+                              epsilon, gamma, nbeta)
+            with torch.no_grad():
+                pair_noise = [torch.stack([noise[c][i][h] for h, c in zip(group.head_of_pair.tolist(),
+                                                                          group.chain_of_pair)])
+                              for i in range(len(shapes))]
+                dist_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
+                norm_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
+                forward_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
+                backward_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
+                w_prev = group.w_prev if group.w_prev is not None else [None] * len(group.w)
+                new_w = []
+                for w, w0, g, xi, wp in zip(group.w, group.w_star, grads, pair_noise, w_prev):
+                    diff = w - w0
+                    drift = g.mul(nbeta)  # the kernel's (devinterp's) order of operations
+                    prior = diff.mul(gamma)
+                    if weight_decay:
+                        prior = w.mul(weight_decay) + prior
+                        norm_sq += _sq(w)
+                    drift.add_(prior)
+                    w_next = w.clone()
+                    w_next.add_(drift, alpha=-0.5 * eps)
+                    w_next.add_(xi, alpha=sqrt_eps)
+                    if bounding_box is not None:
+                        torch.clamp_(w_next, min=w0 - bounding_box, max=w0 + bounding_box)
+                    dist_sq += _sq(diff)
+                    forward_sq += _sq(w_next - w + (0.5 * eps) * drift)
+                    if wp is not None:
+                        backward_sq += _sq(wp - w + (0.5 * eps) * drift)
+                    new_w.append(w_next)
+            dist_np, fwd_np = dist_sq.numpy(), forward_sq.numpy()
+            for k in range(group.n_pairs):
+                if not math.isfinite(fwd_np[k]):
+                    _diverged(group, k, t, "the gradient or the weights became NaN/Inf", epsilon, gamma, nbeta)
+            potential = (nbeta * (step_loss - (ref[t] if paired else 0.0)) + 0.5 * gamma * dist_np
+                         + 0.5 * weight_decay * norm_sq.numpy())
+            if group.w_prev is not None:
+                log_accept[layer][:, t] = (-(potential - group.potential_prev)
+                                           - (backward_sq.numpy() - group.forward_sq_prev) / (2 * eps))
+            group.w_prev, group.w = group.w, new_w
+            group.potential_prev, group.forward_sq_prev = potential, fwd_np.copy()
+            losses[layer][:, t] = step_loss
+            sq_dist[layer][:, t] = dist_np
+    seconds = time.perf_counter() - start
+
+    n_coords = sum(int(np.prod(s[1:])) for s in shapes)
+    hyper = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay, bounding_box=bounding_box,
+                 chains=chains, draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed,
+                 paired=paired, data_refinement="data")
+    out: dict[str, LLCEstimate] = {}
+    share = seconds / len(comps)
+    for c in comps:
+        layer, head = (int(x) for x in c.split(":"))
+        group = next(g for g in groups if g.layer == layer)
+        rows = slice(group.heads.index(head) * chains, (group.heads.index(head) + 1) * chains)
+        est = _assemble(losses=losses[layer][rows], sq_dist=sq_dist[layer][rows],
+                        log_accept=log_accept[layer][rows], ref=ref, init_loss=init_loss, burn_in=burn_in,
+                        draws=draws, chains=chains, nbeta=nbeta, paired=paired, n_distinct=stream.n_distinct,
+                        seconds=share, component=c, n_coords=n_coords, hyper=hyper)
+        est.diagnostics.update(fast_path=True, sweep_seconds=seconds, sweep_components=len(comps))
+        out[c] = est
+    del n_pairs
+    return out
+
+
+def _sq(x: Tensor) -> Tensor:
+    """Per-pair sum of squares in float64: [k, ...] -> [k]."""
+    return x.pow(2).flatten(1).sum(-1, dtype=torch.float64)
+
+
+def _diverged(group: _LayerGroup, k: int, step: int, reason: str, epsilon: float, gamma: float, nbeta: float):
+    name = f"{group.layer}:{group.heads[k // group.chains]}"
+    raise ChainDivergedError(name, group.chain_of_pair[k], step, reason, epsilon=epsilon, gamma=gamma, nbeta=nbeta)
+
+
+def sweep_table(estimates: dict[str, LLCEstimate]):
+    """A tidy pandas DataFrame, one row per component (LLCEstimate.to_row)."""
+    import pandas as pd
+
+    return pd.DataFrame([est.to_row() for est in estimates.values()])

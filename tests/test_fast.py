@@ -1,0 +1,143 @@
+"""The batched head sampler (rllc.sampling.fast) against the generic kernel, on identical seeds.
+
+The noise contract (one full-shape draw per head parameter per chain and step, in model parameter order)
+lets every (head, chain) of the fast path replay the generic run of that head with that seed: loss traces,
+per-chain LLCs, distances and MALA ratios agree to float32 tolerance.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from rllc.models import ModelConfig, Transformer
+from rllc.models.components import heads
+from rllc.sampling import ChainDivergedError, estimate_llc, next_token_loss
+from rllc.sampling.fast import estimate_llc_sweep, sweep_table, unsupported_reason
+
+KW = dict(chains=2, draws=25, init_loss_batches=3, seed=7)
+
+
+def _trained(**overrides):
+    cfg = ModelConfig(**{**dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, seed=0),
+                         **overrides})
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(0)
+    half = torch.randint(0, 50, (256, 8), generator=g)
+    tokens = torch.cat([half, half], dim=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = next_token_loss(model, tokens[torch.randint(0, 256, (32,), generator=g)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    data = [tokens[i:i + 8] for i in range(0, 96, 8)]
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return _trained()
+
+
+def _assert_same(fast, ref):
+    np.testing.assert_allclose(fast.loss_trace, ref.loss_trace, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(fast.per_chain, ref.per_chain, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(fast.diagnostics["distance_trace"], ref.diagnostics["distance_trace"], rtol=1e-4,
+                               atol=1e-7)
+    assert fast.init_loss == ref.init_loss
+    assert fast.n_coords == ref.n_coords and fast.component == ref.component
+    assert fast.diagnostics["mala_accept"] == pytest.approx(ref.diagnostics["mala_accept"], abs=1e-3)
+
+
+def test_every_head_matches_the_generic_path(setup):
+    model, data = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sweep = estimate_llc_sweep(model, data, **KW)
+    assert list(sweep) == heads(model)
+    worst = 0.0
+    for head, est in sweep.items():
+        assert est.diagnostics["fast_path"]
+        ref = estimate_llc(model, data, component=head, fast=False, **KW)
+        assert "fast_path" not in ref.diagnostics
+        _assert_same(est, ref)
+        worst = max(worst, float(np.abs(est.loss_trace - ref.loss_trace).max()))
+    print(f"max |loss trace difference| over all heads: {worst:.2e}")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("options", [dict(paired=True), dict(weight_decay=20.0, bounding_box=0.02),
+                                     dict(burn_in=3, chain_seeds=[100, 101])])
+def test_options_match_the_generic_path(setup, options):
+    model, data = setup
+    sweep = estimate_llc_sweep(model, data, ["0:1", "1:3"], **{**KW, "draws": 12, **options})
+    for head, est in sweep.items():
+        _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 12, **options}))
+        if options.get("paired"):
+            assert est.diagnostics["estimator"] == "paired"
+
+
+@pytest.mark.parametrize("overrides", [dict(normalization_type=None, positional_embedding_type="standard"),
+                                       dict(n_layers=3)])
+def test_other_structures_match(overrides):
+    model, data = _trained(**overrides)
+    names = ["0:0", f"{model.cfg.n_layers - 1}:2"] + (["1:1"] if model.cfg.n_layers == 3 else [])
+    sweep = estimate_llc_sweep(model, data, names, **{**KW, "draws": 10})
+    for head, est in sweep.items():
+        _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
+
+
+def test_estimate_llc_dispatch(setup):
+    model, data = setup
+    auto = estimate_llc(model, data, component="1:2", **{**KW, "draws": 5})
+    assert auto.diagnostics.get("fast_path")
+    whole = estimate_llc(model, data, **{**KW, "draws": 3})
+    assert "fast_path" not in whole.diagnostics  # the whole model is not a head: generic kernel
+    with pytest.raises(ValueError, match="not a single head"):
+        estimate_llc(model, data, component="1:*", fast=True, **{**KW, "draws": 3})
+    with pytest.raises(ValueError, match="fast must be"):
+        estimate_llc(model, data, component="1:2", fast="yes", **KW)
+
+
+def test_unsupported_models_fall_back():
+    mlp = Transformer(ModelConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=20, d_mlp=32))
+    assert "MLP" in unsupported_reason(mlp, ["0:0"])
+    data = [torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(0))]
+    out = estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, init_loss_batches=1)
+    assert "fast_path" not in out["0:1"].diagnostics
+    with pytest.raises(ValueError, match="fast=True"):
+        estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, init_loss_batches=1, fast=True)
+
+
+def test_table_and_divergence(setup):
+    model, data = setup
+    table = sweep_table(estimate_llc_sweep(model, data, ["0:0", "1:1"], **{**KW, "draws": 4}))
+    assert list(table["component"]) == ["0:0", "1:1"] and {"llc_mean", "llc_std", "rhat"} <= set(table.columns)
+    with pytest.raises(ChainDivergedError):
+        estimate_llc_sweep(model, data, ["1:1"], chains=2, draws=30, init_loss_batches=1, epsilon=10.0,
+                           max_loss_increase=1.0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bf16_is_validated_against_fp32(setup, monkeypatch):
+    import rllc.sampling.fast as fast
+
+    model, data = setup
+    kw = {**KW, "draws": 8}
+    out = estimate_llc_sweep(model, data, ["0:0", "1:1"], compute_dtype="bf16", bf16_pilot_draws=6, **kw)
+    check = out["0:0"].diagnostics["bf16_check"]
+    assert check["pilot_draws"] == 6 and set(check["per_head"]) == {"0:0", "1:1"}
+    assert out["0:0"].diagnostics["compute_dtype"] == ("bf16" if check["accepted"] else "fp32")
+    fp32 = estimate_llc_sweep(model, data, ["0:0", "1:1"], **kw)
+    for head in out:
+        # coupled chains: bf16 rounding moves the estimate by far less than its Monte Carlo error
+        assert abs(out[head].mean - fp32[head].mean) < max(fp32[head].std, 1e-3)
+    monkeypatch.setattr(fast, "BF16_TOLERANCE", -1.0)
+    with pytest.warns(fast.Bf16Refused, match="refused"):
+        refused = estimate_llc_sweep(model, data, ["1:1"], compute_dtype="bf16", bf16_pilot_draws=3, **kw)
+    assert refused["1:1"].diagnostics["compute_dtype"] == "fp32"
+    np.testing.assert_array_equal(refused["1:1"].loss_trace, fp32["1:1"].loss_trace)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        estimate_llc_sweep(model, data, ["1:1"], compute_dtype="fp16", **kw)
