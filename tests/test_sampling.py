@@ -180,7 +180,7 @@ def test_teacher_loss_is_minimized_at_the_teacher(lm):
     # Cross-entropy against one's own distribution = entropy, and w* is a critical point of it.
     log_p = torch.log_softmax(model(batches[0]), -1)
     entropy = -(log_p.exp() * log_p).sum(-1).mean()
-    assert float(loss) == pytest.approx(float(entropy), rel=1e-5)
+    assert loss.item() == pytest.approx(entropy.item(), rel=1e-5)
     assert max(float(p.grad.abs().max()) for p in model.parameters()) < 1e-5
     model.zero_grad(set_to_none=True)
     est = estimate_llc(model, batches, teacher=copy.deepcopy(model), component="1:1", chains=2, draws=30,
