@@ -14,7 +14,7 @@ import time
 import torch
 
 from rllc.models import Transformer
-from rllc.train import next_token_loss, preset
+from rllc.train import preset
 
 
 def time_steps(name: str, steps: int, fused: bool = True) -> tuple[float, int, int]:
@@ -25,7 +25,7 @@ def time_steps(name: str, steps: int, fused: bool = True) -> tuple[float, int, i
     batch = torch.randint(0, cfg.vocab_size, (cfg.batch_size, n_ctx), generator=torch.Generator().manual_seed(0))
 
     def step() -> None:
-        loss = next_token_loss(model(batch), batch)
+        loss = model(batch, return_type="loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -117,10 +116,6 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     d = d.get("train", d)
     base = d.pop("preset", "tiny")
     return preset(base, **{**d, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
 def build_datasets(cfg: TrainConfig, out: Path, cache_dir: Path | None = None):
@@ -228,7 +223,7 @@ def save_checkpoint(model: Transformer, out: Path, step: int) -> Path:
 @torch.no_grad()
 def evaluate(model: Transformer, batches: list[torch.Tensor]) -> float:
     model.eval()
-    loss = sum(next_token_loss(model(b), b).item() for b in batches) / len(batches)
+    loss = sum(model(b, return_type="loss").item() for b in batches) / len(batches)
     model.train()
     return loss
 
@@ -301,7 +296,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
             save_resume_state()
             last_save = time.monotonic()
         batch = train_ds.batch_at(step, cfg.batch_size, seed=cfg.seed)
-        loss = next_token_loss(model(batch), batch)
+        loss = model(batch, return_type="loss")
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ Formats, in the order they are recognised:
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import re
@@ -102,10 +103,10 @@ def safetensors_metadata(path: Path) -> tuple[dict[str, str], dict[str, tuple[in
         raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt") from e
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, path: Path) -> None:
-    """Names and shapes must be those of `Transformer(cfg)`; say precisely what differs."""
-    expected = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
-    check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, expected, path)
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of `Transformer(cfg)`'s state dict, without allocating its weights."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
 
 
 def check_shapes(found: dict[str, tuple], expected: dict[str, tuple], path: Path) -> None:
@@ -139,6 +140,10 @@ class CheckpointSeries:
     problems: list[str] = field(default_factory=list)
     _hf_configs: dict[int, dict] = field(default_factory=dict, repr=False)
 
+    @functools.cached_property
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return expected_shapes(self.config)
+
     @property
     def steps(self) -> list[int]:
         return sorted(self.files)
@@ -171,7 +176,7 @@ class CheckpointSeries:
             _, state_dict = read_hf_checkpoint(path)
         else:
             state_dict = read_state_dict(path)
-        check_state_dict(state_dict, self.config, path)
+        check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, self.expected_shapes, path)
         return state_dict
 
     def metrics(self) -> list[dict]:
@@ -195,7 +200,6 @@ class CheckpointSeries:
         loads every file (the only check possible for torch files).
         """
         problems = []
-        expected = {k: tuple(v.shape) for k, v in Transformer(self.config).state_dict().items()}
         for step in self.steps:
             path = self.files[step]
             try:
@@ -204,7 +208,7 @@ class CheckpointSeries:
                         self.state_dict(step)
                     continue
                 _, shapes = safetensors_metadata(path)
-                check_shapes(shapes, expected, path)
+                check_shapes(shapes, self.expected_shapes, path)
             except CheckpointError as e:
                 problems.append(str(e))
         return problems
