@@ -68,6 +68,17 @@ def test_every_head_matches_the_generic_path(setup):
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
+def test_blocked_cross_entropy_matches_the_generic_path(setup, monkeypatch):
+    """The fused cross-entropy works `CE_BLOCK` tokens at a time: uneven blocks change nothing."""
+    import rllc.sampling.fast as fast_module
+
+    model, data = setup
+    monkeypatch.setattr(fast_module, "CE_BLOCK", 7)  # 120 tokens per batch: 17 blocks of 7 and one of 1
+    sweep = estimate_llc_sweep(model, data, ["0:2", "1:0"], **{**KW, "draws": 10})
+    for head, est in sweep.items():
+        _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
+
+
 @pytest.mark.parametrize("options", [dict(paired=True), dict(weight_decay=20.0, bounding_box=0.02),
                                      dict(burn_in=3, chain_seeds=[100, 101])])
 def test_options_match_the_generic_path(setup, options):

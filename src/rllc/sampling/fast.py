@@ -27,7 +27,20 @@ What makes it fast:
   per minibatch) and the second costs d_head instead of d_model per position;
 * (component, chain) pairs are stacked into [K, ...] weight tensors and run
   as batched einsums, in chunks of `pair_chunk` pairs to bound memory;
-  gradients are taken only w.r.t. the stacked head weights.
+  gradients are taken only w.r.t. the stacked head weights;
+* attention (the moving head's, and every head of the later layers) uses the
+  fused `scaled_dot_product_attention` kernel: SGLD needs first derivatives
+  only, and the kernel is ~4x faster than the explicit attention on CPU;
+* the vocabulary-sized work (logits, softmax, cross-entropy and its gradient)
+  is one hand-written pass over blocks of `CE_BLOCK` tokens that stay in cache
+  (`_LinearCrossEntropy`); the unembedding matmuls are then most of the cost.
+
+Where the time goes (reference model, one thread, per head-chain-step): a
+layer-0 head still needs a full d_model x vocab unembedding forward and
+backward per pair (2 x 2.6 GMAC), which no batching removes; a last-layer
+head needs d_head x vocab. bf16 matmuls are not faster than fp32 on this
+project's CPU (oneDNN's avx512_core_bf16 kernel: ~75 GFLOP/s vs MKL fp32
+~105 GFLOP/s, measured), so `compute_dtype="bf16"` is for hardware where they are.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from rllc.sampling.kernel import chain_seed
 from rllc.sampling.llc import LLCEstimate, _assemble, _check_finite_weights, _init_loss
 from rllc.sampling.llc import estimate_llc as _estimate_llc
 
+CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
 BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
 
 __all__ = ["Bf16Refused", "estimate_llc_sweep", "sweep_table", "unsupported_reason"]
@@ -92,10 +106,26 @@ def unsupported_reason(model: nn.Module, components: Sequence[Any] | None, *, lo
     return None
 
 
+class _Workspace:
+    """Large buffers reused from step to step: a fresh tensor of hundreds of MB costs more than the
+    arithmetic done in it (the kernel zero-fills its new pages: ~0.1 s per 300 MB on this project's CPU,
+    against ~0.03 s for an in-place pass over the same memory)."""
+
+    def __init__(self):
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+
 class _Cache:
     """The forward pass at w* on one minibatch (no gradients)."""
 
-    def __init__(self, model: nn.Module, tokens: Tensor, need_head_logits: Sequence[int]):
+    def __init__(self, model: nn.Module, tokens: Tensor, need_head_logits: Sequence[int], workspace: _Workspace):
         cfg = model.cfg
         self.tokens = tokens
         resid = model.embed(tokens)
@@ -124,8 +154,10 @@ class _Cache:
             self.z.append(z.permute(2, 0, 1, 3))  # [H, B, T, dh]
             self.head_out.append(head_out)
             self.resid.append(resid)
-        # Last layer: per-head shared logits term A_h = (Rc_h * w) @ W_U, Rc_h the centred residual without head h.
-        self.head_logits: dict[int, Tensor] = {}
+        # Last layer: per-head shared logits term A_h = (Rc_h * w) @ W_U, Rc_h the centred residual without head h,
+        # stacked [heads, B * (T-1), V] in a reused buffer (so a chunk of consecutive heads is a view, not a copy).
+        self.head_row = {h: i for i, h in enumerate(need_head_logits)}
+        self.head_logits: Tensor | None = None
         if need_head_logits:
             last = cfg.n_layers - 1
             W_U = model.unembed.W_U
@@ -133,11 +165,18 @@ class _Cache:
             final = resid[:, :-1]
             if lnw is not None:
                 final = (final - final.mean(-1, keepdim=True)) * lnw
-            a_full = final @ W_U  # [B, T-1, V]
+            a_full = (final @ W_U).flatten(0, 1)  # [B * (T-1), V]
             w_o = model.blocks[last].attn.W_O
-            for h in need_head_logits:
-                m_h = _head_unembed(w_o[h], lnw, W_U)
-                self.head_logits[h] = a_full - self.z[last][h][:, :-1] @ m_h
+            self.head_logits = workspace.get("head_logits", (len(need_head_logits), *a_full.shape), a_full)
+            for h, out in zip(need_head_logits, self.head_logits):
+                z_h = self.z[last][h][:, :-1].flatten(0, 1)
+                torch.addmm(a_full, z_h, _head_unembed(w_o[h], lnw, W_U), alpha=-1, out=out)
+
+    def shared_logits(self, heads: Tensor) -> Tensor:
+        rows = [self.head_row[int(h)] for h in heads]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return self.head_logits[rows[0]:rows[0] + len(rows)]
+        return self.head_logits[rows]
 
 
 def _head_unembed(w_o: Tensor, lnw: Tensor | None, W_U: Tensor) -> Tensor:
@@ -169,7 +208,7 @@ class _LayerGroup:
 
 
 def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int,
-                 low: torch.dtype | None = None) -> Tensor:
+                 low: torch.dtype | None) -> Tensor:
     """Mean next-token loss of each pair [k] whose head hidx[k] of `layer` has weights ws[.][k].
 
     Pairs come in runs of `group` with the same head (its chains). `low`: dtype of the unembedding
@@ -182,10 +221,8 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
     q = torch.einsum("btd,kde->kbte", qk, W_Q) + b_Q[:, None, None, :]
     k = torch.einsum("btd,kde->kbte", qk, W_K) + b_K[:, None, None, :]
     v = torch.einsum("btd,kde->kbte", x, W_V) + b_V[:, None, None, :]
-    n = q.shape[2]
-    scores = torch.einsum("kbqe,kbse->kbqs", q, k) / attn.attn_scale
-    scores = scores.masked_fill(~attn.mask[:n, :n], float("-inf"))
-    z = torch.einsum("kbqs,kbse->kbqe", torch.softmax(scores, dim=-1), v)  # [k, B, T, dh]
+    # The fused kernel: first derivatives are all SGLD needs, and it is ~4x faster than explicit attention.
+    z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.attn_scale)  # [k, B, T, dh]
     targets = cache.tokens[:, 1:].flatten()
     n_pairs, batch = z.shape[0], z.shape[1]
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
@@ -194,7 +231,7 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
         z = z[:, :, :-1]
         lnw = model.ln_final.w if cfg.normalization_type == "LN" else None
         heads = hidx.view(-1, group)[:, 0]
-        shared = torch.stack([cache.head_logits[int(h)] for h in heads]).flatten(1, 2)  # [n_heads, B*(T-1), V]
+        shared = cache.shared_logits(heads)  # [n_heads, B*(T-1), V]
         inv_scale, bias = None, b_U
         if lnw is not None:
             out = torch.einsum("kbqe,ked->kbqd", z, W_O)
@@ -203,65 +240,111 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
             inv_scale = (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).rsqrt().flatten(1, 2)
             bias = model.ln_final.b @ W_U + b_U
         return _LinearCrossEntropy.apply(z.flatten(1, 2), _head_unembed(W_O, lnw, W_U), inv_scale, shared,
-                                         bias, targets, group, low)
+                                         bias, targets, group, low, CE_BLOCK)
     out = torch.einsum("kbqe,ked->kbqd", z, W_O)
     resid = cache.resid[layer + 1][None] - cache.head_out[layer][hidx] + out  # [k, B, T, d]
-    resid = resid.flatten(0, 1)
-    pos = None if cache.pos is None else cache.pos.repeat(n_pairs, 1, 1)
     for block in model.blocks[layer + 1:]:
-        resid = block(resid, pos)
+        resid = _frozen_block(block, resid, cache.pos)
+    resid = resid[:, :, :-1]  # the last position predicts nothing
+    m, bias = W_U, b_U
     if cfg.normalization_type == "LN":
-        resid = model.ln_final(resid)
-    x = resid[:, :-1].unflatten(0, (n_pairs, batch)).flatten(1, 2)  # [k, B*(T-1), d]
-    return _LinearCrossEntropy.apply(x, W_U, None, None, b_U, targets, group, low)
+        # ln_final's affine part folded into the unembedding (frozen): one [.., d] pass less per pair.
+        ln = model.ln_final
+        centred = resid - resid.mean(-1, keepdim=True)
+        resid = centred * (centred.pow(2).mean(-1, keepdim=True) + ln.eps).rsqrt()
+        m, bias = ln.w[:, None] * W_U, ln.b @ W_U + b_U
+    return _LinearCrossEntropy.apply(resid.flatten(1, 2), m, None, None, bias, targets, group, low, CE_BLOCK)
+
+
+def _frozen_block(block: nn.Module, resid: Tensor, pos: Tensor | None) -> Tensor:
+    """An attention-only block with frozen weights on [k, B, T, d] (k stacked pairs): the model's block
+    arithmetic with the fused attention kernel, positions broadcast over pairs instead of copied."""
+    attn = block.attn
+    n_heads, d_model, d_head = attn.W_Q.shape
+    x = block.ln1(resid)
+    qk = x if pos is None else x + pos
+
+    def project(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:  # -> [k * B, H, T, e] (4-d: the flash kernel's)
+        flat = inp.flatten(0, 1) @ w.permute(1, 0, 2).reshape(d_model, n_heads * d_head) + b.flatten()
+        return flat.unflatten(-1, (n_heads, d_head)).transpose(1, 2)
+
+    z = F.scaled_dot_product_attention(project(qk, attn.W_Q, attn.b_Q), project(qk, attn.W_K, attn.b_K),
+                                       project(x, attn.W_V, attn.b_V), is_causal=True, scale=1.0 / attn.attn_scale)
+    z = z.transpose(1, 2).flatten(-2).unflatten(0, resid.shape[:2])  # [k, B, T, H * e]
+    return resid + z @ attn.W_O.reshape(n_heads * d_head, d_model) + attn.b_O
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Per-pair mean next-token cross-entropy of logits = inv_scale * (x @ m + shared) + bias, fused.
 
-    x [k, N, e]; m [k, e, V] or [e, V] (frozen); inv_scale [k, N, 1] or None (1); shared [k // group, N, V]
-    or None, broadcast over the `group` consecutive pairs that share it; bias [V]; targets [N].
-    Returns [k]. Saves the [k, N, V] logits once and turns them into the softmax in place in backward,
-    so the vocabulary-sized tensors are read and written far fewer times than by autograd.
+    x [k, N, e]; m [k, e, V] or [e, V]; inv_scale [k, N, 1] or None (1); shared [k // group, N, V] or None,
+    broadcast over the `group` consecutive pairs that share it (frozen); bias [V] (frozen); targets [N].
+    Returns [k].
+
+    Written by hand because this is where the sampler spends its time: the logits are vocabulary-sized
+    ([k, N, V]: 326 MB for 8 pairs of the reference model) and autograd's log_softmax graph would read
+    and write them a dozen times, each fresh tensor paying the kernel's page zeroing. Here they are made
+    `block` tokens of one pair at a time (a few MB, resident in cache), and the gradients are formed in
+    the same sweep as the loss (softmax - onehot, in place), so nothing vocabulary-sized outlives a block.
+    Backward only scales the stored per-pair gradients by d(output)/d(loss).
     """
 
     @staticmethod
-    def forward(ctx, x, m, inv_scale, shared, bias, targets, group, low):
-        ctx.low = low
-        u = torch.matmul(x, m) if low is None else torch.matmul(x.to(low), m.to(low)).to(x.dtype)
-        if shared is not None:
-            u.unflatten(0, (-1, group)).add_(shared[:, None])
-        if inv_scale is not None:
-            logits = torch.addcmul(bias, u, inv_scale)
-        else:
-            logits, u = u.add_(bias), None
-        lse = torch.logsumexp(logits, dim=-1)
-        index = targets[None, :, None].expand(logits.shape[0], -1, 1)
-        loss = (lse - logits.gather(-1, index)[..., 0]).mean(-1)
-        ctx.save_for_backward(x, m, inv_scale, u, logits, lse, index)
-        return loss
+    def forward(ctx, x, m, inv_scale, shared, bias, targets, group, low, block):
+        k, n = x.shape[0], x.shape[1]
+        want_x, want_m = x.requires_grad, m.requires_grad
+        want_inv = inv_scale is not None and inv_scale.requires_grad
+        grad_x = torch.empty_like(x) if want_x else None
+        grad_m = torch.zeros((k, *m.shape[-2:]), dtype=m.dtype, device=m.device) if want_m else None
+        grad_inv = torch.empty_like(inv_scale) if want_inv else None
+        loss = torch.zeros(k, dtype=torch.float64, device=x.device)
+        lo_x, lo_m = (x, m) if low is None else (x.to(low), m.to(low))
+        for i in range(k):
+            m_i = lo_m[i] if m.dim() == 3 else lo_m
+            shared_i = None if shared is None else shared[i // group]
+            for t0 in range(0, n, block):
+                t1 = min(n, t0 + block)
+                x_b, target = lo_x[i, t0:t1], targets[t0:t1, None]
+                if shared_i is None and inv_scale is None and low is None:
+                    logits = torch.addmm(bias, x_b, m_i)
+                    u = None
+                else:
+                    u = torch.matmul(x_b, m_i).to(x.dtype)
+                    if shared_i is not None:
+                        u.add_(shared_i[t0:t1])
+                    if inv_scale is not None:
+                        u.mul_(inv_scale[i, t0:t1])
+                    logits = u + bias
+                target_logit = logits.gather(1, target)
+                top = logits.amax(1, keepdim=True)
+                p = logits.sub_(top).exp_()
+                total = p.sum(1, keepdim=True)
+                loss[i] += (top + total.log() - target_logit).sum(dtype=torch.float64)
+                if not (want_x or want_m or want_inv):
+                    continue
+                # d loss / d logits = (softmax - onehot) / N; through the scale, times inv_scale.
+                row = torch.full_like(top, 1.0 / n) if inv_scale is None else inv_scale[i, t0:t1] / n
+                if want_inv:
+                    # sum_v (softmax_v - onehot_v) * (x @ m + shared)_v / N; u holds that times inv_scale.
+                    pu = torch.mul(p, u).sum(1, keepdim=True) / total - u.gather(1, target)
+                    grad_inv[i, t0:t1] = pu / (inv_scale[i, t0:t1] * n)
+                g = p.mul_(row / total)
+                g.scatter_add_(1, target, -row)
+                if low is not None:
+                    g = g.to(low)
+                if want_x:
+                    grad_x[i, t0:t1] = torch.matmul(g, m_i.T)
+                if want_m:
+                    grad_m[i].add_(torch.matmul(x_b.T, g))
+        ctx.save_for_backward(grad_x, grad_m, grad_inv)
+        return (loss / n).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, m, inv_scale, u, logits, lse, index = ctx.saved_tensors
-        p = logits.sub_(lse[..., None]).exp_()  # softmax, in place (the graph is not kept)
-        p.scatter_add_(-1, index, torch.full(index.shape, -1.0, dtype=p.dtype, device=p.device))
-        coef = (grad_loss / p.shape[1])[:, None, None]
-        grad_x = grad_m = grad_inv = None
-        if inv_scale is not None:
-            if ctx.needs_input_grad[2]:
-                grad_inv = (p * u).sum(-1, keepdim=True) * coef
-            p.mul_(coef * inv_scale)
-        else:
-            p.mul_(coef)
-        low = ctx.low
-        if low is not None:
-            p, m_low = p.to(low), m.to(low)
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(p, (m if low is None else m_low).transpose(-1, -2)).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_m = torch.matmul((x if low is None else x.to(low)).transpose(-1, -2), p).to(x.dtype)
-        return grad_x, grad_m, grad_inv, None, None, None, None, None
+        grad_x, grad_m, grad_inv = ctx.saved_tensors
+        scale = grad_loss[:, None, None]
+        return (None if grad_x is None else grad_x * scale, None if grad_m is None else grad_m * scale,
+                None if grad_inv is None else grad_inv * scale, None, None, None, None, None, None)
 
 
 def estimate_llc_sweep(
@@ -414,6 +497,7 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
     shapes = [getattr(model.blocks[0].attn, p).shape for p in HEAD_PARAMS]
     dtype = model.unembed.W_U.dtype
 
+    workspace = _Workspace()
     steps = burn_in + draws
     n_pairs = {g.layer: g.n_pairs for g in groups}
     losses = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
@@ -427,7 +511,7 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
         batch = stream[t]
         tokens = tokens_of(batch)
         with torch.no_grad():
-            cache = _Cache(model, tokens, last_heads)
+            cache = _Cache(model, tokens, last_heads, workspace)
             if paired:
                 ref[t] = float(next_token_loss(model, batch))
             # One full-shape draw per parameter per chain, in model parameter order (the kernel's contract).
