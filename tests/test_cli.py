@@ -38,4 +38,40 @@ def test_errors_are_one_line_naming_the_path(tmp_path, capsys):
 
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "rllc.cli", "--help"], capture_output=True, text=True).stdout
-    assert "train" in out and "info" in out
+    assert all(verb in out for verb in ("train", "info", "estimate", "probe", "export"))
+
+
+def test_series_verbs_document_every_option():
+    from rllc.cli import build_parser
+    from rllc.runs.options import ESTIMATE_DEFAULTS, PROBE_DEFAULTS
+
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    assert {"train", "info", "estimate", "probe", "export"} <= set(verbs)
+    for verb, defaults in (("estimate", ESTIMATE_DEFAULTS), ("probe", PROBE_DEFAULTS)):
+        text = verbs[verb].format_help()
+        for option in defaults:
+            assert f"--{option.replace('_', '-')}" in text, (verb, option)
+        assert "--config" in text and "--out" in text
+    assert "--format" in verbs["export"].format_help()
+
+
+def test_toml_options_are_overridden_by_flags(tmp_path):
+    from rllc.cli import build_parser, series_options
+    from rllc.runs.options import ESTIMATE_DEFAULTS, RunError, merge_options
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('draws = 50\nchains = 3\ndatasets = ["prose", "code"]\ninit-loss-batches = 4\n')
+    args = build_parser().parse_args(["estimate", "ckpts", "--config", str(cfg), "--draws", "20", "--paired"])
+    opts = merge_options(ESTIMATE_DEFAULTS, series_options(args, ESTIMATE_DEFAULTS))
+    assert (opts["draws"], opts["chains"], opts["init_loss_batches"], opts["paired"]) == (20, 3, 4, True)
+    assert opts["datasets"] == ["prose", "code"] and opts["epsilon"] == ESTIMATE_DEFAULTS["epsilon"]
+    args = build_parser().parse_args(["estimate", "ckpts", "--components", "heads, 1:6+1:7"])
+    assert merge_options(ESTIMATE_DEFAULTS, series_options(args, ESTIMATE_DEFAULTS))["components"] == \
+        ["heads", "1:6+1:7"]
+    cfg.write_text("draws = [\n")
+    try:
+        series_options(build_parser().parse_args(["estimate", "ckpts", "--config", str(cfg)]), ESTIMATE_DEFAULTS)
+    except RunError as e:
+        assert "run.toml: cannot read the TOML config" in str(e)
+    else:
+        raise AssertionError("a broken TOML file was accepted")

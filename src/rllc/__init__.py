@@ -26,6 +26,7 @@ _EXPORTS = {
     "hessian_eigenvalues": "rllc.curvature",
     "hessian_rank": "rllc.curvature",
     "fim_trace": "rllc.curvature",
+    "load_results": "rllc.runs",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -51,6 +51,122 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if problems and args.check else 0
 
 
+def series_options(args: argparse.Namespace, defaults: dict) -> dict:
+    """Options from --config (TOML, keys = option names) overridden by the flags actually given."""
+    from rllc.runs.options import read_toml
+
+    given = {k: v for k, v in vars(args).items() if k in defaults and v is not None}
+    return {**(read_toml(args.config, defaults) if args.config else {}), **given}
+
+
+def run_series(args: argparse.Namespace, run, defaults: dict) -> int:
+    out = Path(args.out) if args.out else Path("runs") / Path(args.checkpoint_dir).resolve().name
+    try:
+        summary = run(args.checkpoint_dir, out, **series_options(args, defaults))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished tasks are saved in {out}: rerun the same command to compute the rest",
+              file=sys.stderr)
+        return 130
+    if not (args.quiet or summary.planned == 0):
+        print(f"{summary.planned} tasks: {summary.skipped} already finished, {summary.done} computed, "
+              f"{summary.failed} failed, in {summary.seconds:.1f} s; results in {summary.run_dir} "
+              f"(rllc.load_results, rllc export)", file=sys.stderr)
+    if summary.failed:
+        print(f"rllc {args.command}: {summary.failed} task(s) failed (see {summary.run_dir}/run.log); "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from rllc.runs import run_estimate
+    from rllc.runs.options import ESTIMATE_DEFAULTS
+
+    return run_series(args, run_estimate, ESTIMATE_DEFAULTS)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from rllc.runs import run_probe
+    from rllc.runs.options import PROBE_DEFAULTS
+
+    return run_series(args, run_probe, PROBE_DEFAULTS)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rllc.runs import export_results
+
+    print(export_results(args.run_dir, args.format, args.out))
+    return 0
+
+
+EXIT_STATUS = "Exit status: 0 done, 1 some tasks failed (rerun to retry them), 2 usage error (one line on stderr)."
+
+
+def add_series_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """Options shared by `estimate` and `probe`: where, which checkpoints, how to run."""
+    p.add_argument("checkpoint_dir", metavar="CKPT_DIR",
+                   help="checkpoint directory (rllc, TransformerLens state dicts, or Hugging Face)")
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help="run directory holding the results store (default: runs/NAME-OF-CKPT_DIR); rerunning "
+                        "into the same RUN_DIR computes only what is missing")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file whose keys are these option names (e.g. draws = 100); flags override it")
+    p.add_argument("--steps", help="checkpoint steps: a range A-B (inclusive), -B, A-, or steps 0,100,500 "
+                                   "(default: all)")
+    p.add_argument("--every", type=int, metavar="K", help="every K-th of the selected checkpoints (default: 1)")
+    p.add_argument("--seed", type=int, help=f"base seed; each task's seed derives from it and the task's key "
+                                            f"(default: {defaults['seed']})")
+    p.add_argument("--batch-size", type=int, help=f"sequences per batch (default: {defaults['batch_size']})")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: 1, in this process)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the tasks on a Ray cluster: 'auto' (the cluster this machine belongs to), "
+                        "HOST:PORT or ray://HOST:PORT; 'local' starts Ray on this machine")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per task (default: torch's choice in this process; 1 per worker/Ray task)")
+    p.add_argument("--quiet", action="store_true", default=None,
+                   help="no progress bar or summary (per-task lines still go to RUN_DIR/run.log)")
+
+
+def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
+    p.add_argument("--datasets", metavar="LIST",
+                   help="comma-separated: prose, code, random, repeated, induction, dyck, teacher:SOURCE@BASE "
+                        "(SOURCE: final, first, a step or a checkpoint dir), self (fim-trace only), or .txt/.jsonl/"
+                        ".npy files (default: the corpora the series was trained on)")
+    p.add_argument("--components", metavar="LIST",
+                   help="comma-separated: heads, layers, model, l:h, l:*, layer:l, embed, unembed, or head sets "
+                        "like 1:6+1:7 (default: heads)")
+    p.add_argument("--estimators", metavar="LIST",
+                   help="comma-separated: llc, hessian-trace, fim-trace, hessian-rank (default: llc)")
+    g = p.add_argument_group("SGLD (llc)")
+    g.add_argument("--epsilon", type=float, help=f"step size (default: {d['epsilon']})")
+    g.add_argument("--nbeta", type=float, help=f"n * beta, the inverse temperature (default: {d['nbeta']})")
+    g.add_argument("--gamma", type=float, help=f"localization strength (default: {d['gamma']})")
+    g.add_argument("--chains", type=int, help=f"chains per component (default: {d['chains']})")
+    g.add_argument("--draws", type=int, help=f"draws per chain (default: {d['draws']})")
+    g.add_argument("--burn-in", type=int, help=f"discarded steps per chain (default: {d['burn_in']})")
+    g.add_argument("--init-loss-batches", type=int,
+                   help=f"batches for the loss at w* (default: {d['init_loss_batches']})")
+    g.add_argument("--paired", action="store_true", default=None,
+                   help="report nbeta * mean(L_B(w_t) - L_B(w*)) (the paired estimator)")
+    g.add_argument("--n-batches", type=int,
+                   help="distinct SGLD batches, cycled (default: burn-in + draws, at least --init-loss-batches)")
+    g.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: unembedding matmuls of the batched head sampler in bfloat16, validated against "
+                        "fp32 on a pilot and refused (recorded in diagnostics) if they disagree (default: fp32)")
+    g = p.add_argument_group("curvature (hessian-trace, fim-trace, hessian-rank)")
+    g.add_argument("--probes", type=int, help=f"trace probes (default: {d['probes']})")
+    g.add_argument("--trace-estimator", choices=["hutch++", "hutchinson"], help="default: hutch++")
+    g.add_argument("--curvature-batches", type=int,
+                   help=f"batches the curvature is averaged over (default: {d['curvature_batches']})")
+    g.add_argument("--fim-method", choices=["analytic", "sampled"], help="default: analytic")
+    g.add_argument("--fim-seqs", type=int,
+                   help=f"sequences sampled from the model for dataset 'self' (default: {d['fim_seqs']})")
+    g.add_argument("--rank-threshold", type=float,
+                   help=f"count Hessian eigenvalues above this (default: {d['rank_threshold']})")
+    g.add_argument("--rank-degree", type=int, help=f"Chebyshev degree (default: {d['rank_degree']})")
+    g.add_argument("--rank-probes", type=int, help=f"rank probes (default: {d['rank_probes']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rllc",
@@ -79,6 +195,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="checkpoint directory (rllc, TransformerLens state dicts, or Hugging Face)")
     p.add_argument("--check", action="store_true", help="load every checkpoint to verify it (slower)")
     p.set_defaults(func=cmd_info)
+
+    from rllc.runs.options import ESTIMATE_DEFAULTS, PROBE_DEFAULTS
+
+    p = sub.add_parser("estimate", help="rLLCs and curvature over a checkpoint series into a results store "
+                                        "(resumable, local or Ray)",
+                       description="Estimate (refined) LLCs, Hessian/FIM traces and Hessian ranks for every "
+                                   "selected checkpoint x component x dataset x estimator. Each finished task is "
+                                   "committed to RUN_DIR/results.sqlite at once; rerunning the same command "
+                                   "computes only what is missing; changed hyperparameters are new rows "
+                                   "(another config_hash), never overwrites. See docs/cli.md.",
+                       epilog=EXIT_STATUS)
+    add_series_arguments(p, ESTIMATE_DEFAULTS)
+    add_estimate_arguments(p, ESTIMATE_DEFAULTS)
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("probe", help="behaviour signals over a checkpoint series into the same results store",
+                       description="Head scores, selectivity, participation ratio, ablations, path patching, "
+                                   "composition and DLA (rllc.behavior.all_signals) for every selected checkpoint, "
+                                   "into RUN_DIR/results.sqlite (resumable like estimate).",
+                       epilog=EXIT_STATUS)
+    add_series_arguments(p, PROBE_DEFAULTS)
+    p.add_argument("--datasets", metavar="LIST",
+                   help="token batches for the loss-based signals and DLA: prose, code, random, repeated, "
+                        "induction, dyck or a .txt/.jsonl/.npy file (default: a repeated-random batch)")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("export", help="write a run's results table to CSV or Parquet")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by rllc estimate/probe")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="default: csv")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/results.csv or .parquet)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

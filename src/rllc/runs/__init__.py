@@ -1,0 +1,27 @@
+"""Runs over a checkpoint series: `rllc estimate` / `rllc probe` and their results store.
+
+    options.py   option defaults, TOML configs, the hyperparameter hash
+    datasets.py  dataset specs -> deterministic token batches
+    plan.py      checkpoint selection, component names, the task list and task seeds
+    tasks.py     one task on a worker (estimators and behaviour signals -> rows)
+    backends.py  serial, process pool, Ray
+    store.py     SQLite results store, loss traces, load_results / export
+    runner.py    the driver: plan, skip finished tasks, dispatch, commit, log, progress
+
+See docs/cli.md.
+"""
+
+from rllc.runs.options import RunError
+from rllc.runs.runner import RunSummary, run_estimate, run_probe
+from rllc.runs.store import export_results, load_results, load_run_config, load_trace
+
+__all__ = [
+    "RunError",
+    "RunSummary",
+    "export_results",
+    "load_results",
+    "load_run_config",
+    "load_trace",
+    "run_estimate",
+    "run_probe",
+]

@@ -1,0 +1,199 @@
+"""Dataset specs of a series run, resolved into deterministic token batches.
+
+A spec is one of
+
+* ``prose``, ``code``: the built-in corpora, tokenised with the series' tokenizer;
+* a ``.txt`` file, a directory of them or a ``.jsonl`` file: tokenised the same way;
+* a ``.npy`` token array (ids already);
+* ``random``, ``repeated``, ``induction``, ``dyck``: synthetic probe batches
+  (rllc.data.synthetic) sized to the model's context and vocabulary;
+* ``teacher:SOURCE@BASE``: contexts from dataset BASE, loss against a teacher
+  model's next-token distribution; SOURCE is ``final``, ``first``, a step of
+  this series, or another checkpoint directory (its last step);
+* ``self``: sequences sampled from the model itself (fim-trace only).
+
+Batches are drawn in a fixed order from a seed that depends on the dataset's
+name, so the first k batches are the same whatever the total and whichever
+checkpoint or estimator asks: every checkpoint is measured on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rllc.data import (
+    BUILTIN_CORPORA,
+    DataError,
+    TokenDataset,
+    dyck_batch,
+    induction_batch,
+    load_corpus,
+    load_token_array,
+    random_tokens,
+    repeated_random,
+    tokenize_corpus,
+)
+from rllc.models.checkpoints import CheckpointSeries, load_checkpoints, read_json
+from rllc.models.config import ModelConfig
+from rllc.runs.options import RunError, derive_seed
+
+SYNTHETIC = {"random": "random", "random_tokens": "random", "repeated": "repeated", "repeated_random": "repeated",
+             "induction": "induction", "dyck": "dyck"}
+SELF = "self"
+TEACHER_PREFIX = "teacher:"
+
+
+@dataclass
+class Teacher:
+    """A teacher checkpoint: the driver loads it once and ships it with each task."""
+
+    path: Path
+    step: int
+    config: ModelConfig
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return load_checkpoints(self.path).state_dict(self.step)
+
+
+@dataclass
+class Dataset:
+    name: str  # the `dataset` column
+    spec: str  # as the user wrote it
+    fingerprint: str  # what the tokens are (content, tokenizer, generator): part of config_hash
+    description: str
+    source: TokenDataset | str | None  # token contexts, a synthetic kind, or None for `self`
+    cfg: ModelConfig
+    batch_size: int
+    seed: int
+    teacher: Teacher | None = None
+    data_name: str | None = None  # whose batches these are (a teacher dataset uses its base's contexts)
+
+    @property
+    def is_self(self) -> bool:
+        return self.source is None
+
+    def batches(self, n: int) -> torch.Tensor:
+        """LongTensor [n, batch_size, n_ctx]; batch i is the same for every n > i."""
+        if self.source is None:
+            raise RunError(f"dataset {self.name!r} samples from the model and has no fixed batches")
+        data_seed = derive_seed("data", self.seed, self.data_name or self.name)
+        if isinstance(self.source, TokenDataset):
+            return torch.stack(self.source.fixed_batches(n, self.batch_size, seed=data_seed))
+        return torch.stack([synthetic_batch(self.source, self.cfg, self.batch_size, derive_seed(data_seed, i))
+                            for i in range(n)])
+
+
+def synthetic_batch(kind: str, cfg: ModelConfig, batch_size: int, seed: int) -> torch.Tensor:
+    n_ctx, vocab = cfg.n_ctx, cfg.d_vocab
+    if kind == "random":
+        return random_tokens(batch_size, n_ctx, vocab, seed)
+    if kind == "repeated":
+        return repeated_random(batch_size, (n_ctx - 1) // 2, vocab, seed)
+    if kind == "induction":
+        return induction_batch(batch_size, n_ctx, vocab, seed, n_pairs=max(1, n_ctx // 16)).tokens
+    if kind == "dyck":
+        length = n_ctx if n_ctx % 2 == 1 else n_ctx - 1  # BOS + an even-length balanced word
+        return dyck_batch(batch_size, length, min(4, max(1, (vocab - 2) // 2)), seed)
+    raise RunError(f"unknown synthetic dataset {kind!r}")
+
+
+def resolve_dataset(spec: str, series: CheckpointSeries, *, batch_size: int, seed: int,
+                    cache_dir: str | Path | None = None) -> Dataset:
+    """Check a dataset spec against the series (file exists, long enough, ids in the vocabulary)."""
+    spec = spec.strip()
+    cfg = series.config
+    common = dict(cfg=cfg, batch_size=batch_size, seed=seed)
+    if spec == SELF:
+        return Dataset(SELF, spec, "self:v1", "sequences sampled from the model at each checkpoint", None, **common)
+    if spec.startswith(TEACHER_PREFIX):
+        return resolve_teacher(spec, series, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
+    if spec in SYNTHETIC:
+        kind = SYNTHETIC[spec]
+        synthetic_batch(kind, cfg, 1, 0)  # fails now, not in a task, if the model cannot hold it
+        return Dataset(kind, spec, f"synthetic:{kind}:v1", f"synthetic {kind} batches", kind, **common)
+    if spec in BUILTIN_CORPORA:
+        tokens, fingerprint, what = corpus_tokens(spec, series, cache_dir)
+        name = spec
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise RunError(f"{path}: dataset file not found; pass prose, code, random, repeated, induction, dyck, "
+                           "teacher:SOURCE@BASE, self, or an existing .txt/.jsonl/.npy file or .txt directory")
+        name = path.name
+        if path.suffix.lower() == ".npy":
+            try:
+                tokens = load_token_array(path, vocab_size=cfg.d_vocab)
+            except DataError as e:
+                raise RunError(str(e)) from None
+            fingerprint = "npy:" + hashlib.sha256(np.ascontiguousarray(tokens)).hexdigest()
+            what = f"token array {path.resolve()}"
+        else:
+            tokens, fingerprint, what = corpus_tokens(path, series, cache_dir)
+    try:
+        source = TokenDataset(tokens, cfg.n_ctx, eval_fraction=0.0, name=name)
+    except DataError:
+        raise RunError(f"{spec}: {len(tokens)} tokens, fewer than the model's context length {cfg.n_ctx}; "
+                       "use a longer file") from None
+    return Dataset(name, spec, fingerprint, f"{what}, {len(tokens):,} tokens", source, **common)
+
+
+def corpus_tokens(source: str | Path, series: CheckpointSeries, cache_dir: str | Path | None):
+    """A corpus tokenised with the series' own tokenizer (cached on disk by content and tokenizer)."""
+    from rllc.train import default_cache_dir
+
+    if series.tokenizer_path is None:
+        raise RunError(f"{series.path}: no tokenizer.json, so text dataset {str(source)!r} cannot be tokenised; "
+                       "pass a .npy token array or a synthetic dataset (random, repeated, induction, dyck)")
+    try:
+        corpus = load_corpus(source)
+    except DataError as e:
+        raise RunError(str(e)) from None
+    tokenizer = series.tokenizer()
+    tokens = tokenize_corpus(corpus, tokenizer, cache_dir or default_cache_dir())
+    h = hashlib.sha256(f"{corpus.content_hash}\0{tokenizer.to_str()}".encode()).hexdigest()
+    return tokens, f"corpus:{h}", f"corpus {corpus.name} ({corpus.meta.get('source', source)})"
+
+
+def resolve_teacher(spec: str, series: CheckpointSeries, *, batch_size: int, seed: int,
+                    cache_dir: str | Path | None) -> Dataset:
+    body = spec[len(TEACHER_PREFIX):]
+    source, sep, base_spec = body.partition("@")
+    if not sep or not source or not base_spec:
+        raise RunError(f"dataset {spec!r}: write teacher:SOURCE@BASE, e.g. teacher:final@prose "
+                       "(SOURCE: final, first, a step, or a checkpoint directory)")
+    if base_spec.startswith(TEACHER_PREFIX) or base_spec == SELF:
+        raise RunError(f"dataset {spec!r}: the contexts of a teacher dataset must be a plain dataset")
+    base = resolve_dataset(base_spec, series, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
+    if source in ("final", "last", "first"):
+        teacher_series, step = series, series.steps[0] if source == "first" else series.steps[-1]
+    elif source.isdigit():
+        if int(source) not in series:
+            raise RunError(f"dataset {spec!r}: step {source} is not in {series.path}")
+        teacher_series, step = series, int(source)
+    else:
+        teacher_series = load_checkpoints(Path(source).expanduser())
+        step = teacher_series.steps[-1]
+    if teacher_series.config.d_vocab != series.config.d_vocab:
+        raise RunError(f"dataset {spec!r}: the teacher's vocabulary ({teacher_series.config.d_vocab}) differs "
+                       f"from the series' ({series.config.d_vocab})")
+    file_hash = hashlib.sha256(Path(teacher_series.files[step]).read_bytes()).hexdigest() \
+        if Path(teacher_series.files[step]).is_file() else f"{teacher_series.files[step]}"
+    teacher = Teacher(teacher_series.path, step, teacher_series.config)
+    return Dataset(f"teacher:{source}@{base.name}", spec, f"teacher:{file_hash}:{base.fingerprint}",
+                   f"teacher {teacher_series.path} step {step} on {base.description}", base.source,
+                   base.cfg, batch_size, seed, teacher, data_name=base.data_name or base.name)
+
+
+def default_datasets(series: CheckpointSeries) -> list[str]:
+    """The built-in corpora a series was trained on (rllc format), so `rllc estimate DIR` needs no --datasets."""
+    config = series.path / "config.json"
+    sources = read_json(config).get("train", {}).get("data") if series.format == "rllc" else None
+    if sources and all(s in BUILTIN_CORPORA for s in sources):
+        return list(sources)
+    raise RunError(f"{series.path}: cannot tell which data to estimate on; pass --datasets "
+                   "(e.g. prose,code, a .txt/.jsonl/.npy file, or random, repeated, induction, dyck)")

@@ -1,0 +1,182 @@
+"""The options of a series run: defaults, TOML files, validation and the hyperparameter hash.
+
+Options are plain dicts keyed by the CLI option names (underscores for
+dashes), so `--config file.toml`, the command line and the Python API all
+speak the same language. `estimator_params` picks out the options that change
+an estimator's numbers; their canonical JSON, hashed, is the row's
+`config_hash`, so a changed hyperparameter is a new key, never an overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+class RunError(ValueError):
+    """A run that cannot start as asked; the message names what is wrong and the fix."""
+
+
+ESTIMATORS = ("llc", "hessian-trace", "fim-trace", "hessian-rank")
+PRECISIONS = ("fp32", "bf16")
+TRACE_ESTIMATORS = ("hutch++", "hutchinson")
+FIM_METHODS = ("analytic", "sampled")
+
+# Defaults: the rLLC paper's SGLD settings (DESIGN.md); curvature settings cheap enough for a series.
+ESTIMATE_DEFAULTS: dict[str, Any] = dict(
+    datasets=None,  # None: the series' training sources when it records them
+    components=["heads"],
+    estimators=["llc"],
+    epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=4, draws=200, burn_in=0, init_loss_batches=16,
+    paired=False, batch_size=32, n_batches=None,  # None: one distinct batch per SGLD step
+    probes=30, trace_estimator="hutch++", curvature_batches=4,
+    fim_method="analytic", fim_seqs=16,
+    rank_threshold=0.01, rank_degree=60, rank_probes=10,
+    seed=0, precision="fp32",
+    steps=None, every=1,
+    workers=1, ray=None, threads=None, quiet=False,
+)
+PROBE_DEFAULTS: dict[str, Any] = dict(
+    datasets=[], batch_size=16, seed=0, steps=None, every=1, workers=1, ray=None, threads=None, quiet=False,
+)
+# Options that say how to run, not what to compute: never part of a hash.
+EXECUTION_OPTIONS = ("steps", "every", "workers", "ray", "threads", "quiet")
+LIST_OPTIONS = ("datasets", "components", "estimators")
+
+
+def read_toml(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Options from a TOML file whose keys are the option names (`init-loss-batches` or `init_loss_batches`)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RunError(f"{path}: cannot read the TOML config ({e}); fix its syntax") from None
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in defaults:
+            valid = ", ".join(sorted(k.replace("_", "-") for k in defaults))
+            raise RunError(f"{path}: unknown option {key!r}; valid keys: {valid}")
+        out[name] = value
+    return out
+
+
+def merge_options(defaults: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, then each layer (config file, command line) where it gives a value; lists are normalised."""
+    opts = dict(defaults)
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in defaults:
+                raise RunError(f"unknown option {key!r}; valid: {sorted(defaults)}")
+            if value is not None:
+                opts[key] = value
+    for key in LIST_OPTIONS:
+        if key in opts and isinstance(opts[key], str):
+            opts[key] = split_list(opts[key])
+    return opts
+
+
+def split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def validate_estimate_options(opts: dict[str, Any]) -> None:
+    unknown = [e for e in opts["estimators"] if e not in ESTIMATORS]
+    if unknown or not opts["estimators"]:
+        raise RunError(f"unknown estimator(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+    if opts["precision"] not in PRECISIONS:
+        raise RunError(f"--precision must be fp32 or bf16, got {opts['precision']!r}")
+    if opts["trace_estimator"] not in TRACE_ESTIMATORS:
+        raise RunError(f"--trace-estimator must be one of {TRACE_ESTIMATORS}, got {opts['trace_estimator']!r}")
+    if opts["fim_method"] not in FIM_METHODS:
+        raise RunError(f"--fim-method must be one of {FIM_METHODS}, got {opts['fim_method']!r}")
+    positive = ("chains", "draws", "init_loss_batches", "batch_size", "curvature_batches", "fim_seqs",
+                "rank_degree", "rank_probes", "probes")
+    for key in positive:
+        if not isinstance(opts[key], int) or opts[key] < 1:
+            raise RunError(f"--{key.replace('_', '-')} must be a positive integer, got {opts[key]!r}")
+    if opts["n_batches"] is not None and opts["n_batches"] < 1:
+        raise RunError(f"--n-batches must be positive, got {opts['n_batches']}")
+    for key in ("epsilon", "nbeta"):
+        if not opts[key] > 0:
+            raise RunError(f"--{key} must be positive, got {opts[key]}")
+    if opts["gamma"] < 0 or opts["burn_in"] < 0:
+        raise RunError(f"--gamma and --burn-in must be non-negative, got {opts['gamma']}, {opts['burn_in']}")
+    if not opts["components"]:
+        raise RunError("--components is empty; give e.g. heads, layers, model, 1:6,1:7 or 1:6+1:7")
+    validate_execution_options(opts)
+
+
+def validate_execution_options(opts: dict[str, Any]) -> None:
+    if not isinstance(opts["workers"], int) or opts["workers"] < 1:
+        raise RunError(f"--workers must be a positive integer, got {opts['workers']!r}")
+    if not isinstance(opts["every"], int) or opts["every"] < 1:
+        raise RunError(f"--every must be a positive integer, got {opts['every']!r}")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise RunError(f"--threads must be positive, got {opts['threads']}")
+
+
+def llc_batches(opts: dict[str, Any]) -> int:
+    """Distinct SGLD batches: --n-batches, else one per step (and enough for the initial loss); they cycle."""
+    if opts.get("n_batches"):
+        return int(opts["n_batches"])
+    return max(opts["burn_in"] + opts["draws"], opts["init_loss_batches"])
+
+
+def batches_needed(estimator: str, opts: dict[str, Any]) -> int:
+    """How many batches of a dataset an estimator reads. Batches are drawn in a fixed order, so the
+    first k are the same whatever the total: adding an estimator never changes another's data."""
+    if estimator == "llc":
+        return llc_batches(opts)
+    if estimator == "behaviour":
+        return 1
+    return opts["curvature_batches"]
+
+
+def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: str) -> dict[str, Any]:
+    """The hyperparameters that determine one estimator's numbers on one dataset (hashed into config_hash)."""
+    data = dict(batch_size=opts["batch_size"], dataset_fingerprint=dataset_fingerprint)
+    if estimator == "llc":
+        data["n_batches"] = llc_batches(opts)
+        keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "init_loss_batches", "paired", "precision")
+    elif estimator == "hessian-trace":
+        keys = ("probes", "trace_estimator", "curvature_batches")
+    elif estimator == "fim-trace":
+        keys = ("probes", "trace_estimator", "fim_method", "curvature_batches", "fim_seqs")
+    elif estimator == "hessian-rank":
+        keys = ("rank_threshold", "rank_degree", "rank_probes", "curvature_batches")
+    elif estimator == "behaviour":
+        keys = ()
+    else:
+        raise RunError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+    return {"estimator": estimator, "seed": opts["seed"], **data, **{k: opts[k] for k in keys}}
+
+
+def canonical(value: Any) -> Any:
+    """JSON-ready, order-independent form: ints stay ints, other numbers become floats."""
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    raise RunError(f"option value {value!r} of type {type(value).__name__} is not a plain number, string or list")
+
+
+def config_hash(params: dict[str, Any]) -> str:
+    text = json.dumps(canonical(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from a task's key: the same task gets the same seed whatever the run order or backend."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1

@@ -1,0 +1,287 @@
+"""The results store of a run directory: SQLite (WAL) plus compressed loss traces.
+
+    RUN_DIR/results.sqlite   results, finished tasks, hyperparameters per config_hash, datasets, runs, errors
+    RUN_DIR/traces/*.npz     one compressed file of loss traces per finished LLC task
+    RUN_DIR/run.log          one line per task (written by the runner)
+
+Only the driver writes. A finished task is one transaction (its rows plus
+its `tasks` entry), committed after its trace file has been renamed into
+place, so a run killed at any instant leaves either the whole task or no
+trace of it in the tables; a rerun recomputes exactly the missing tasks.
+Rows are keyed by (checkpoint, kind, signal, component, variant, dataset,
+config_hash): a changed hyperparameter is a new key, never an overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rllc.runs.options import RunError
+from rllc.runs.plan import Task
+from rllc.runs.tasks import TaskResult
+
+DB_NAME = "results.sqlite"
+TRACE_DIR = "traces"
+COLUMNS = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread", "config_hash",
+           "seconds", "diagnostics"]
+EXTRA_COLUMNS = ["variant", "task", "finished_at"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    step INTEGER NOT NULL, checkpoint TEXT NOT NULL, kind TEXT NOT NULL, signal TEXT NOT NULL,
+    component TEXT NOT NULL, variant TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL,
+    value REAL, spread REAL, config_hash TEXT NOT NULL, seconds REAL, diagnostics TEXT NOT NULL,
+    UNIQUE (checkpoint, kind, signal, component, variant, dataset, config_hash));
+CREATE TABLE IF NOT EXISTS tasks (
+    task TEXT PRIMARY KEY, grp TEXT NOT NULL, kind TEXT NOT NULL, estimator TEXT NOT NULL, step INTEGER NOT NULL,
+    checkpoint TEXT NOT NULL, dataset TEXT NOT NULL, config_hash TEXT NOT NULL, components TEXT NOT NULL,
+    seconds REAL NOT NULL, worker TEXT, trace_file TEXT, run_id INTEGER, finished_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS configs (
+    config_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, estimator TEXT NOT NULL, params TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT NOT NULL, fingerprint TEXT NOT NULL, spec TEXT NOT NULL, description TEXT NOT NULL,
+    PRIMARY KEY (name, fingerprint));
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, options TEXT NOT NULL, started_at REAL NOT NULL,
+    finished_at REAL, planned INTEGER, skipped INTEGER, done INTEGER, failed INTEGER);
+CREATE TABLE IF NOT EXISTS errors (task TEXT NOT NULL, run_id INTEGER, at REAL NOT NULL, message TEXT NOT NULL,
+    detail TEXT);
+"""
+
+
+def db_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DB_NAME
+
+
+class Store:
+    """The driver's handle on RUN_DIR (single writer)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"{self.run_dir}: exists and is not a directory; pass another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / TRACE_DIR).mkdir(exist_ok=True)
+        self.conn = connect(db_path(self.run_dir))
+        self.conn.executescript(SCHEMA)
+        self.run_id: int | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- identity of the run directory ---------------------------------------
+
+    def bind(self, checkpoint_dir: Path, architecture: dict[str, Any]) -> None:
+        """Tie RUN_DIR to one checkpoint directory and architecture: results of two series never mix."""
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        here = dict(checkpoint_dir=str(checkpoint_dir.resolve()), architecture=json.dumps(architecture, sort_keys=True))
+        if not meta:
+            with self.conn:
+                self.conn.executemany("INSERT INTO meta VALUES (?, ?)", list(here.items()))
+            return
+        if meta["checkpoint_dir"] != here["checkpoint_dir"] or meta["architecture"] != here["architecture"]:
+            raise RunError(f"{self.run_dir}: holds results for checkpoints in {meta['checkpoint_dir']}, not "
+                           f"{here['checkpoint_dir']}; pass another --out for this series")
+
+    def start_run(self, kind: str, options: dict[str, Any]) -> int:
+        with self.conn:
+            cur = self.conn.execute("INSERT INTO runs (kind, options, started_at) VALUES (?, ?, ?)",
+                                    (kind, json.dumps(options, sort_keys=True, default=str), time.time()))
+        self.run_id = cur.lastrowid
+        return self.run_id
+
+    def finish_run(self, planned: int, skipped: int, done: int, failed: int) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET finished_at=?, planned=?, skipped=?, done=?, failed=? WHERE id=?",
+                              (time.time(), planned, skipped, done, failed, self.run_id))
+
+    def record_config(self, task: Task) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO configs VALUES (?, ?, ?, ?)",
+                              (task.config_hash, task.kind, task.estimator, json.dumps(task.params, sort_keys=True)))
+
+    def record_dataset(self, name: str, fingerprint: str, spec: str, description: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO datasets VALUES (?, ?, ?, ?)", (name, fingerprint, spec, description))
+
+    # --- what is finished -------------------------------------------------------
+
+    def missing(self, task: Task) -> Task | None:
+        """The part of `task` not yet in the store (None if it is finished).
+
+        Estimates count per component, so asking for more components later
+        computes only the new ones; a probe task is finished or not."""
+        if task.kind == "probe":
+            done = self.conn.execute("SELECT 1 FROM tasks WHERE grp=?", (task.group,)).fetchone()
+            return None if done else task
+        have = {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT component FROM results WHERE checkpoint=? AND kind=? AND signal=? AND dataset=? "
+            "AND config_hash=?", (task.checkpoint, task.kind, task.estimator, task.dataset, task.config_hash))}
+        todo = [c for c in task.components if c not in have]
+        if not todo:
+            return None
+        return task if len(todo) == len(task.components) else replace(task, components=todo)
+
+    def mixed_configs(self, tasks: list[Task]) -> list[str]:
+        """Notes for each (signal, dataset) that will hold results under more than one hyperparameter set."""
+        ours: dict[tuple[str, str], set[str]] = {}
+        for t in tasks:
+            ours.setdefault((t.estimator if t.kind == "estimate" else "probe", t.dataset), set()).add(t.config_hash)
+        notes = []
+        for (signal, dataset), hashes in sorted(ours.items()):
+            if signal == "probe":
+                rows = self.conn.execute("SELECT DISTINCT config_hash FROM tasks WHERE kind='probe' AND dataset=?",
+                                         (dataset,))
+            else:
+                rows = self.conn.execute("SELECT DISTINCT config_hash FROM results WHERE kind='estimate' AND "
+                                         "signal=? AND dataset=?", (signal, dataset))
+            every = hashes | {r[0] for r in rows}
+            if len(every) > 1:
+                notes.append(f"note: {self.run_dir} holds {signal} results on {dataset} under {len(every)} "
+                             f"hyperparameter sets (config_hash {', '.join(sorted(every))}); select one with "
+                             "df[df.config_hash == ...] (rllc.runs.load_run_config shows each)")
+        return notes
+
+    # --- writing one finished task ---------------------------------------------
+
+    def commit(self, task: Task, result: TaskResult) -> None:
+        trace_file = self.write_traces(task, result.traces) if result.traces else None
+        now = time.time()
+        rows = [(task.key, task.step, task.checkpoint, task.kind, r["signal"], r["component"], r["variant"],
+                 r["dataset"], nan_to_none(r["value"]), nan_to_none(r["spread"]), task.config_hash, r["seconds"],
+                 json.dumps(r["diagnostics"], allow_nan=False)) for r in result.rows]
+        with self.conn:  # one transaction: all of the task or nothing
+            self.conn.executemany(
+                "INSERT INTO results (task, step, checkpoint, kind, signal, component, variant, dataset, value, "
+                "spread, config_hash, seconds, diagnostics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (task.key, task.group, task.kind, task.estimator, task.step, task.checkpoint,
+                               task.dataset, task.config_hash, json.dumps(task.components), result.seconds,
+                               result.worker, trace_file, self.run_id, now))
+
+    def write_traces(self, task: Task, traces: dict[str, np.ndarray]) -> str:
+        """Atomically (temp file + rename) before the rows commit: a committed row always has its trace."""
+        name = trace_name(task)
+        path = self.run_dir / TRACE_DIR / name
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **traces)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return name
+
+    def record_error(self, task: Task, message: str, detail: str | None) -> None:
+        with self.conn:
+            self.conn.execute("INSERT INTO errors VALUES (?, ?, ?, ?, ?)",
+                              (task.key, self.run_id, time.time(), message, detail))
+
+
+def trace_name(task: Task) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task.dataset)
+    return f"{task.estimator}-{Path(task.checkpoint).stem}-{safe}-{task.config_hash}-{task.key.rsplit('|', 1)[1]}.npz"
+
+
+def nan_to_none(x: float) -> float | None:
+    return None if x != x else x
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")  # readers (load_results) never block the writing driver
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
+    return conn
+
+
+def open_existing(run_dir: str | Path) -> sqlite3.Connection:
+    path = db_path(run_dir)
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no results store ({DB_NAME}); create one with "
+                       f"`rllc estimate CKPT_DIR --out {run_dir}` or `rllc probe CKPT_DIR --out {run_dir}`")
+    return connect(path)
+
+
+# --- reading ------------------------------------------------------------------
+
+
+def load_results(run_dir: str | Path) -> pd.DataFrame:
+    """All results of a run directory, one row per result, long format (see docs/cli.md)."""
+    conn = open_existing(run_dir)
+    try:
+        df = pd.read_sql_query(
+            f"SELECT r.{', r.'.join(COLUMNS)}, r.variant, r.task, t.finished_at FROM results r "
+            "LEFT JOIN tasks t ON t.task = r.task "
+            "ORDER BY r.kind, r.signal, r.dataset, r.config_hash, r.component, r.variant, r.step", conn)
+    finally:
+        conn.close()
+    df = df.astype({"step": "int64", "value": "float64", "spread": "float64", "seconds": "float64"})
+    for col in ("checkpoint", "kind", "signal", "component", "dataset", "config_hash", "diagnostics", "variant"):
+        df[col] = df[col].astype(str)
+    return df[COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's checkpoint directory, architecture, hyperparameters per config_hash, datasets and runs."""
+    conn = open_existing(run_dir)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        configs = {h: {"kind": k, **json.loads(p)}
+                   for h, k, p in conn.execute("SELECT config_hash, kind, params FROM configs")}
+        datasets = {}
+        for name, fingerprint, spec, desc in conn.execute("SELECT * FROM datasets ORDER BY name"):
+            datasets.setdefault(name, []).append(dict(fingerprint=fingerprint, spec=spec, description=desc))
+        runs = [dict(id=i, kind=k, options=json.loads(o), started_at=s, finished_at=f, planned=p, skipped=sk,
+                     done=d, failed=fa)
+                for i, k, o, s, f, p, sk, d, fa in conn.execute("SELECT * FROM runs ORDER BY id")]
+    finally:
+        conn.close()
+    return dict(checkpoint_dir=meta.get("checkpoint_dir"),
+                architecture=json.loads(meta["architecture"]) if "architecture" in meta else None,
+                configs=configs, datasets=datasets, runs=runs)
+
+
+def load_trace(run_dir: str | Path, checkpoint: str, component: str, dataset: str, config_hash: str) -> np.ndarray:
+    """The SGLD loss trace [chains, draws] behind one llc row."""
+    conn = open_existing(run_dir)
+    try:
+        hit = conn.execute(
+            "SELECT t.trace_file FROM results r JOIN tasks t ON t.task = r.task WHERE r.checkpoint=? AND "
+            "r.component=? AND r.dataset=? AND r.config_hash=? AND r.signal='llc'",
+            (checkpoint, component, dataset, config_hash)).fetchone()
+    finally:
+        conn.close()
+    if not hit or not hit[0]:
+        raise RunError(f"{run_dir}: no llc loss trace for {checkpoint} {component} {dataset} {config_hash}")
+    with np.load(Path(run_dir) / TRACE_DIR / hit[0]) as f:
+        return f[component]
+
+
+def export_results(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
+    """Write load_results(run_dir) to CSV or Parquet (default RUN_DIR/results.csv|parquet)."""
+    if fmt not in ("csv", "parquet"):
+        raise RunError(f"--format must be csv or parquet, got {fmt!r}")
+    df = load_results(run_dir)
+    path = Path(out) if out else Path(run_dir) / f"results.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        try:
+            df.to_parquet(path, index=False)
+        except ImportError as e:
+            raise RunError(f"parquet export needs pyarrow ({e}); `pip install pyarrow` or use --format csv") from None
+    return path
