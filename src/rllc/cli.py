@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="default: csv")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/results.csv or .parquet)")
     p.set_defaults(func=cmd_export)
+
+    from rllc.analysis.cli import register
+
+    register(sub)  # cluster, compare, report
     return parser
 
 

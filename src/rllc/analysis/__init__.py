@@ -1,0 +1,90 @@
+"""Analysis of a run's results table: per-head trajectories, their clustering,
+geometry against behaviour, figures and the HTML report.
+
+    trajectories.py  the long table -> per-head curves (signal keys, normalisation, log-time)
+    cluster.py       k-means, Ward, k-Shape, DTW k-means; metrics over k; subdivision tree; ARI/NMI
+    critical.py      smoothing in log-step; peaks, troughs, inflections; their alignment
+    compare.py       rank correlations per checkpoint and across the series; stages of the model LLC
+    figures.py       matplotlib figures (PNG)
+    outputs.py       tables and figures of `rllc cluster` / `rllc compare` written to a directory
+    report.py        the self-contained HTML report and its diagnostics section
+    cli.py           `register(subparsers)` for the verbs cluster, compare, report
+    demo_data.py     synthetic results tables (planted groups; a demo run) for tests and examples
+
+Every library function takes the results DataFrame of `rllc.load_results`
+(plus options). See docs/analysis.md.
+"""
+
+from rllc.analysis.cluster import (
+    ALGORITHMS,
+    ClusterResult,
+    agreement,
+    best_k_per_metric,
+    choose_k,
+    cluster_set,
+    cluster_trajectories,
+    fit_labels,
+    kshape_fit,
+    metrics_over_k,
+    sbd_matrix,
+    subdivision_tree,
+)
+from rllc.analysis.compare import (
+    CompareResult,
+    compare,
+    correlation_matrix,
+    pairs_to_heads,
+    rank_correlations,
+    series_correlations,
+    stage_boundaries,
+    stages_of,
+)
+from rllc.analysis.critical import Smoothing, align_events, alignment_summary, critical_points, critical_points_table
+from rllc.analysis.trajectories import (
+    AnalysisError,
+    TrajectorySet,
+    annotate,
+    head_types,
+    log_resample,
+    normalise,
+    signal_keys,
+    stack_trajectories,
+    trajectories,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "AnalysisError",
+    "ClusterResult",
+    "CompareResult",
+    "Smoothing",
+    "TrajectorySet",
+    "agreement",
+    "align_events",
+    "alignment_summary",
+    "annotate",
+    "best_k_per_metric",
+    "choose_k",
+    "cluster_set",
+    "cluster_trajectories",
+    "compare",
+    "correlation_matrix",
+    "critical_points",
+    "critical_points_table",
+    "fit_labels",
+    "head_types",
+    "kshape_fit",
+    "log_resample",
+    "metrics_over_k",
+    "normalise",
+    "pairs_to_heads",
+    "rank_correlations",
+    "sbd_matrix",
+    "series_correlations",
+    "signal_keys",
+    "stack_trajectories",
+    "stage_boundaries",
+    "stages_of",
+    "subdivision_tree",
+    "trajectories",
+]
