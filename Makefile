@@ -1,4 +1,7 @@
 # `make demo` and `make test` work on a fresh machine: they create the venv and install first.
+# `make demo` = install + `rllc demo`: corpora and tokenizer, training (checkpoints/demo), wrLLC/LLC on prose and
+# drLLC on code (experiments/demo_estimate.toml), probe, cluster, compare, report (runs/demo/analysis/report.html);
+# stage times in runs/demo/timings.json. Rerunning reuses finished work. See docs/demo.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -21,8 +24,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(VENV)/bin/rllc train --preset demo --out checkpoints/demo
-	$(VENV)/bin/rllc info checkpoints/demo
+	$(VENV)/bin/rllc demo --checkpoints checkpoints/demo --out runs/demo
 
 clean-demo:
-	rm -rf checkpoints/demo
+	rm -rf checkpoints/demo runs/demo

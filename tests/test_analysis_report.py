@@ -152,3 +152,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert float(img[..., :3].std()) > 0.05  # not a blank page
     assert "Uncaught" not in run.stderr and "CONSOLE" not in run.stderr
     assert 0.3 < float(img[..., :3].mean()) < 0.99  # neither black nor white
+
+
+def test_report_opens_with_the_findings(report):
+    """`rllc report` computes the study findings and puts them first, with status badges."""
+    text = report.read_text()
+    assert text.index('id="findings"') < text.index('id="run"')
+    for title in ("Head formation", "ICL score drop", "Clustering vs head types", "Data refinement",
+                  "LLC critical points vs head formation", "Wall time"):
+        assert title in text
+    assert '<span class="badge pass">PASS</span>' in text and '<span class="badge missing">missing</span>' in text
+    assert (report.parent / "findings.json").is_file()

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rllc.analysis.cli import register
 
     register(sub)  # cluster, compare, report
+
+    from rllc.demo import register as register_demo
+
+    register_demo(sub)  # demo: every stage of the study in order
     return parser
 
 

@@ -10,6 +10,7 @@ rllc.analysis.cli`). RUN_DIR is read with `rllc.runs.load_results` and
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "report", help="one self-contained HTML page: configuration, diagnostics, curves, clusters, comparison",
-        description="Run the clustering and the comparison and write RUN_DIR/analysis/report.html (figures "
+        description="Compute the study findings, run the clustering and the comparison and write "
+                    "RUN_DIR/analysis/report.html (figures "
                     "embedded; the page needs no other file). Prints the page's path.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by rllc estimate/probe")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/analysis)")
@@ -132,6 +134,9 @@ def register(subparsers) -> None:
     p.add_argument("--linear-x", action="store_true", help="figures: linear step axis (default: log-step)")
     p.add_argument("--rhat-max", type=float, default=1.1, help="r_hat above this is unhealthy (default: 1.1)")
     p.add_argument("--ess-min", type=float, help="ESS below this is unhealthy (default: not checked)")
+    p.add_argument("--no-findings", action="store_true",
+                   help="leave out the Findings section (default: computed from the results and "
+                        "RUN_DIR/timings.json, shown when the run has their inputs)")
     add_cluster_arguments(p, "--cluster-signal")
     add_compare_arguments(p, "--compare-signal")
     p.set_defaults(func=cmd_report)
@@ -203,10 +208,17 @@ def cmd_report(args) -> int:
     cluster_options = _cluster_options(args)
     compare_options = _compare_options(args)
     title = args.title or f"rllc report: {Path(args.run_dir).resolve().name}"
+    timings = None
+    timings_path = Path(args.run_dir) / "timings.json"  # written by `rllc demo`
+    if timings_path.is_file():
+        try:
+            timings = json.loads(timings_path.read_text())
+        except (OSError, ValueError) as e:
+            notes.append(f"{timings_path} could not be read: {e}")
     path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
                         cluster_options=cluster_options, compare_keys=args.compare_signals,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
-                        notes=notes)
+                        notes=notes, findings=not args.no_findings, timings=timings)
     print(path)
     return 0
 

@@ -1,4 +1,5 @@
-"""One self-contained HTML page for a run: configuration, diagnostics (any
+"""One self-contained HTML page for a run: the study's findings (PASS/FAIL badges,
+rllc.analysis.findings), configuration, diagnostics (any
 unhealthy estimate named), stages, clusters, comparison tables and per-head
 curves, with every
 figure embedded as a base64 PNG (the page needs no other file and no network).
@@ -24,6 +25,7 @@ import pandas as pd
 
 from rllc.analysis.cluster import ALGORITHMS, ClusterResult
 from rllc.analysis.compare import CompareResult
+from rllc.analysis.findings import MISSING, StudyFindings, study_findings
 from rllc.analysis.outputs import Written, write_cluster, write_compare
 from rllc.analysis.trajectories import AnalysisError, annotate, signal_keys
 
@@ -148,6 +150,16 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll table { margin: 0; }
 td { word-break: break-word; max-width: 520px; }
 code { background: #f0f2f6; padding: 0 4px; border-radius: 3px; }
+.badge { display: inline-block; min-width: 64px; text-align: center; padding: 1px 8px; border-radius: 10px;
+         font-size: 12px; font-weight: 700; letter-spacing: 0.02em; }
+.badge.pass { background: #dafbe1; color: #1a7f37; border: 1px solid #8fd19e; }
+.badge.fail { background: #ffebe9; color: #b42318; border: 1px solid #f5a8a0; }
+.badge.reported { background: #e8ecf3; color: #1b3a6b; border: 1px solid #b8c4d9; }
+.badge.missing { background: #fff4d6; color: #8a5a00; border: 1px solid #e8c66a; }
+table.findings td { max-width: 640px; }
+table.findings td.method { color: #555; font-size: 12px; max-width: 360px; }
+details { margin: 4px 0 8px; font-size: 13px; }
+details summary { cursor: pointer; color: #1b3a6b; }
 """
 
 SCRIPT = """
@@ -225,6 +237,28 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
+def findings_section(findings: StudyFindings) -> str:
+    """The findings as a small table with PASS / FAIL / reported / missing badges; each finding's
+    per-head numbers in a collapsed block below."""
+    rows = []
+    for f in findings:
+        badge = f'<span class="badge {_esc(f.status.lower())}">{_esc(f.status)}</span>'
+        rows.append(f"<tr><td><b>{_esc(f.title)}</b></td><td>{badge}</td><td>{_esc(f.summary)}</td>"
+                    f'<td class="method">{_esc(f.method)}</td></tr>')
+    counts = {s: sum(f.status == s for f in findings) for s in ("PASS", "FAIL", "reported", "missing")}
+    line = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    body = [f'<p class="note">Computed from this run\'s results by <code>rllc.analysis.findings</code> '
+            f"({_esc(line)}). PASS/FAIL against the study's thresholds; <i>reported</i>: no threshold; "
+            "<i>missing</i>: the run lacks the inputs.</p>",
+            '<table class="findings"><thead><tr><th>finding</th><th>status</th><th>result</th>'
+            f"<th>method</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"]
+    for f in findings:
+        if f.table is not None and len(f.table):
+            body.append(f"<details><summary>{_esc(f.title)}: numbers</summary>"
+                        f"{html_table(f.table, max_rows=64)}</details>")
+    return _section("findings", "Findings", "".join(body))
+
+
 def render_report(
     df: pd.DataFrame,
     config: Mapping | None,
@@ -236,10 +270,14 @@ def render_report(
     ess_min: float | None = None,
     notes: Sequence[str] = (),
     primary_algorithm: str | None = None,
+    findings: StudyFindings | None = None,
 ) -> str:
-    """The HTML text of the report (figures read from the writers' files and embedded)."""
+    """The HTML text of the report (figures read from the writers' files and embedded); `findings`
+    (rllc.analysis.findings.study_findings) become the first section when given."""
     table = annotate(df)
     parts = []
+    if findings is not None:
+        parts.append(findings_section(findings))
     n_steps = table["step"].nunique()
     keys = signal_keys(table)
     heads = sorted(table.loc[table["level"] == "head", "component"].unique())
@@ -370,7 +408,8 @@ def render_report(
         body += [embed_png(path, f"{key} per head.") for key, path in curve_figs]
         parts.append(_section("curves", "Curves", "".join(body)))
 
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (("run", "Run"), ("diagnostics", "Diagnostics"),
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in ((("findings", "Findings"),) if findings is not None
+                                                           else ()) + (("run", "Run"), ("diagnostics", "Diagnostics"),
                                                             ("stages", "Stages"), ("clusters", "Clusters"),
                                                             ("compare", "Comparison"), ("curves", "Curves")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -394,32 +433,61 @@ def build_report(
     rhat_max: float = RHAT_MAX,
     ess_min: float | None = None,
     notes: Sequence[str] = (),
+    findings: bool | StudyFindings = True,
+    timings: Mapping | None = None,
+    findings_options: Mapping | None = None,
+    cluster: tuple[list[ClusterResult], Written] | None = None,
+    comparison: tuple[CompareResult, Written] | None = None,
+    precomputed: bool = False,
 ) -> Path:
     """Run the clustering and the comparison on a results table, write their
     tables and figures under `out`/cluster and `out`/compare, and the page
     `out`/report.html; returns the page's path. A part that cannot run (too
-    few heads, no per-head signals) is left out with a note."""
+    few heads, no per-head signals) is left out with a note.
+
+    Findings (`rllc.analysis.findings.study_findings`, with `timings` = the
+    content of RUN_DIR/timings.json and `findings_options`) head the page:
+    ``findings=True`` computes them and shows them unless every one lacks
+    its inputs; a `StudyFindings` is shown as it is; False leaves them out.
+    With ``precomputed=True`` the given `cluster` / `comparison` (the
+    writers' results, None for a part that was skipped) are used instead of
+    running them again."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = annotate(df)
     notes = list(notes)
-    comparison = None
-    try:
-        comparison = write_compare(table, out / "compare", compare_keys, **dict(compare_options or {}))
-    except AnalysisError as e:
-        notes.append(f"Comparison skipped: {e}")
-    stages = comparison[0].stages if comparison is not None and len(comparison[0].stages) else None
-    cluster = None
-    try:
-        cluster = write_cluster(table, out / "cluster", cluster_keys, stages=stages, **dict(cluster_options or {}))
-    except AnalysisError as e:
-        notes.append(f"Clustering skipped: {e}")
+    if not precomputed:
+        comparison = None
+        try:
+            comparison = write_compare(table, out / "compare", compare_keys, **dict(compare_options or {}))
+        except AnalysisError as e:
+            notes.append(f"Comparison skipped: {e}")
+        stages = comparison[0].stages if comparison is not None and len(comparison[0].stages) else None
+        cluster = None
+        try:
+            cluster = write_cluster(table, out / "cluster", cluster_keys, stages=stages,
+                                    **dict(cluster_options or {}))
+        except AnalysisError as e:
+            notes.append(f"Clustering skipped: {e}")
+    shown = None
+    if isinstance(findings, StudyFindings):
+        shown = findings
+    elif findings:
+        if findings_options is None:  # cluster the way the clustering section does
+            findings_options = {k: v for k, v in dict(cluster_options or {}).items()
+                                if k in ("algorithms", "ks", "criterion", "seed")}
+        shown = study_findings(table, timings, **dict(findings_options))
+        if all(f.status == MISSING for f in shown):
+            notes.append("Findings left out: the run has none of their inputs.")
+            shown = None
+        else:
+            shown.to_json(out / "findings.json")
     page = render_report(table, config, title=title, cluster=cluster, comparison=comparison, rhat_max=rhat_max,
-                         ess_min=ess_min, notes=notes)
+                         ess_min=ess_min, notes=notes, findings=shown)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
-__all__ = ["RHAT_MAX", "build_report", "diagnostics_overview", "diagnostics_table", "embed_png", "html_table",
-           "render_report"]
+__all__ = ["RHAT_MAX", "build_report", "diagnostics_overview", "diagnostics_table", "embed_png", "findings_section",
+           "html_table", "render_report"]

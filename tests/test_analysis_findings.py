@@ -1,0 +1,156 @@
+"""The study findings (rllc.analysis.findings) on constructed results tables with known answers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllc.analysis.critical import Smoothing
+from rllc.analysis.findings import (
+    FAIL,
+    MISSING,
+    PASS,
+    REPORTED,
+    behaviour_types,
+    rank_auc,
+    rise_step,
+    study_findings,
+)
+
+STEPS = [0, 10, 20, 40, 60, 100, 150, 200, 300, 400, 600, 800, 1000, 1300, 1600, 2000, 2500, 3000, 4000, 5000]
+HEADS = [f"{layer}:{h}" for layer in range(2) for h in range(4)]
+FAST = dict(algorithms=("kmeans", "ward", "kshape"), ks=range(2, 6))
+
+
+def x_of(steps):
+    return np.log10(np.asarray(steps, dtype=float) + 10)
+
+
+def sig(steps, centre, width=0.08):
+    return 1 / (1 + np.exp(-(x_of(steps) - np.log10(centre + 10)) / width))
+
+
+def rows(signal, component, values, dataset="d", kind="probe", **extra):
+    return [dict(step=s, checkpoint=f"step_{s}", kind=kind, signal=signal, component=component, dataset=dataset,
+                 value=float(v), spread=np.nan, config_hash="h", diagnostics=json.dumps(extra), **extra)
+            for s, v in zip(STEPS, values)]
+
+
+def table(prev=0.8, ind=0.6, types=None, curves="types", icl=True, seed=0):
+    """2 layers x 4 heads: 0:1 a previous-token head, 1:2 an induction head, the rest other (labels
+    from `types`); llc@prose curves grouped by type ("types") or by an unrelated split ("mismatch")."""
+    rng = np.random.default_rng(seed)
+    types = types or {"0:1": "previous", "0:2": "previous", "1:2": "induction", "1:3": "induction"}
+    out = []
+    for h in HEADS:
+        t = types.get(h, "unclassified")
+        p = prev * sig(STEPS, 150) if t == "previous" else 0.05 + 0 * sig(STEPS, 150)
+        i = ind * sig(STEPS, 1000) if t == "induction" else 0.03 + 0 * sig(STEPS, 1000)
+        out += rows("previous_token", h, p + rng.normal(0, 0.005, len(STEPS)), "random_tokens")
+        out += rows("induction", h, i + rng.normal(0, 0.005, len(STEPS)), "repeated_random")
+        out += [dict(r, label=t) for r in rows("head_class", h, np.full(len(STEPS), 4.0), "repeated_random")]
+        group = t if curves == "types" else ("a" if h in ("0:0", "0:1", "1:0", "1:2") else "b")
+        shape = {"previous": 10 + 30 * sig(STEPS, 150), "induction": 10 + 40 * np.exp(-(x_of(STEPS) - 3.0) ** 2 / 0.02),
+                 "unclassified": 10 + 5 * x_of(STEPS), "a": 10 + 30 * sig(STEPS, 100), "b": 40 - 30 * sig(STEPS, 2000)}[group]
+        prose = shape + rng.normal(0, 0.3, len(STEPS))
+        code = prose + (25 if t == "induction" else 2) + rng.normal(0, 0.3, len(STEPS))
+        out += rows("llc", h, prose, "prose", kind="estimate")
+        out += rows("llc", h, code, "code", kind="estimate")
+    out += rows("llc", "model", 100 + 50 * sig(STEPS, 150) + 40 * sig(STEPS, 1000) + rng.normal(0, 0.3, len(STEPS)),
+                "prose", kind="estimate")
+    if icl:
+        out += rows("icl", "", 0.1 - 0.8 * sig(STEPS, 1000) + rng.normal(0, 0.01, len(STEPS)), "repeated_random")
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def found():
+    return study_findings(table(), {"latest": {"stages": {"train": {"seconds": 100.0}, "estimate": 50}}},
+                          **FAST)
+
+
+def test_head_formation_pass_and_fail(found):
+    f = found["head_formation"]
+    assert f.status == PASS
+    assert f.numbers["prev_head"] in ("0:1", "0:2") and f.numbers["prev_score"] > 0.75
+    assert f.numbers["induction_head"] in ("1:2", "1:3") and f.numbers["induction_score"] > 0.55
+    weak = study_findings(table(prev=0.4, ind=0.6), **FAST)["head_formation"]
+    assert weak.status == FAIL and "no" in weak.summary
+
+
+def test_icl_drop_found_at_the_planted_step(found):
+    f = found["icl_drop"]
+    assert f.status == PASS
+    assert abs(np.log10(f.numbers["drop_step"] + 10) - np.log10(1000 + 10)) < 0.1
+    flat = table()
+    noisy = np.random.default_rng(1).normal(0, 0.01, len(STEPS))
+    flat.loc[flat["signal"] == "icl", "value"] = 0.1 + noisy
+    assert study_findings(flat, **FAST)["icl_drop"].status == FAIL
+
+
+def test_clustering_matching_types_gives_ari_one(found):
+    f = found["clustering"]
+    assert f.status == PASS
+    assert f.numbers["ari"] == pytest.approx(1.0) and f.numbers["k"] == 3
+    assert f.numbers["types"] == {"other": 4, "previous-token": 2, "induction": 2}
+    assert f.table["best"].sum() == 1
+
+
+def test_clustering_unrelated_to_types_gives_low_ari():
+    f = study_findings(table(curves="mismatch"), **FAST)["clustering"]
+    assert f.status == FAIL and f.numbers["ari"] < 0.3 and f.numbers["k"] == 2
+
+
+def test_data_refinement_separates_induction_heads(found):
+    f = found["data_refinement"]
+    assert f.status == REPORTED
+    assert f.numbers["induction_heads"] == ["1:2", "1:3"]
+    assert f.numbers["auc"] == 1.0 and f.numbers["separated"] and f.numbers["direction"] == "above"
+    assert f.numbers["induction_mean"] == pytest.approx(25, abs=1) and f.numbers["other_mean"] == pytest.approx(2, abs=1)
+
+
+def test_critical_points_and_rises(found):
+    f = found["critical_points"]
+    assert f.status == REPORTED
+    rises = {r["head"]: r for r in f.numbers["rises"]}
+    assert set(rises) == {"0:1", "0:2", "1:2", "1:3"}
+    assert abs(np.log10(rises["0:1"]["rise_step"] + 10) - np.log10(160)) < 0.1
+    assert abs(np.log10(rises["1:2"]["rise_step"] + 10) - np.log10(1010)) < 0.1
+    kinds = {p["kind"] for p in f.numbers["llc_points"]}
+    assert "rise" in kinds
+    assert all(abs(r["lag_decades"]) < 0.2 for r in f.numbers["rises"])  # both rises sit on an LLC rise
+
+
+def test_timings(found):
+    f = found["timings"]
+    assert f.status == REPORTED and f.numbers["latest"]["total"] == 150.0 and f.numbers["within_goal"]
+    assert "estimate 50" in f.summary
+
+
+def test_missing_inputs_are_reported_not_raised():
+    llc_only = table()
+    llc_only = llc_only[llc_only["signal"] == "llc"]
+    f = study_findings(llc_only, **FAST)
+    assert f["head_formation"].status == MISSING and f["icl_drop"].status == MISSING
+    assert f["clustering"].status == MISSING and "no behavioural head types" in f["clustering"].summary
+    assert f["timings"].status == MISSING
+    assert f["critical_points"].status == REPORTED  # the model LLC curve is there
+    broken = study_findings(pd.DataFrame({"step": [0], "value": [1.0]}))
+    assert [x.status for x in broken] == [MISSING] * 6
+    assert json.loads(f.to_json())["clustering"]["status"] == MISSING
+
+
+def test_types_fall_back_to_scores_without_labels():
+    t = table()
+    t = t[t["signal"] != "head_class"]
+    types, source = behaviour_types(t)
+    assert types["0:1"] == "previous-token" and types["1:2"] == "induction" and types["0:0"] == "other"
+    assert "head scores" in source
+
+
+def test_rise_step_and_rank_auc():
+    assert rise_step([0, 10, 20, 30], [0, 0, 1, 1]) == pytest.approx(15)
+    assert np.isnan(rise_step([0, 10, 20], [1, 0.5, 0.2]))
+    assert rank_auc([3, 4], [1, 2]) == 1.0 and rank_auc([1], [1]) == 0.5 and rank_auc([0], [1, 2]) == 0.0
+    assert np.isnan(rank_auc([], [1]))
