@@ -40,6 +40,7 @@ from rllc.analysis.compare import (
     stages_of,
 )
 from rllc.analysis.critical import Smoothing, align_events, alignment_summary, critical_points, critical_points_table
+from rllc.analysis.findings import StudyFindings, study_findings
 from rllc.analysis.trajectories import (
     AnalysisError,
     TrajectorySet,
@@ -53,6 +54,8 @@ from rllc.analysis.trajectories import (
 )
 
 __all__ = [
+    "StudyFindings",
+    "study_findings",
     "ALGORITHMS",
     "AnalysisError",
     "ClusterResult",
