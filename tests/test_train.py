@@ -141,3 +141,14 @@ def test_experiment_configs_match_their_presets(name):
     loaded, expected = load_train_config(path), preset(name)
     assert loaded.model_config() == expected.model_config()
     assert dataclasses.replace(loaded, model={}) == dataclasses.replace(expected, model={})
+
+
+def test_warmup_scales_the_first_steps(tmp_path):
+    """Step s uses lr * min(1, (s + 1) / warmup_steps): one warmed-up step equals a plain step at lr / 50."""
+    base = dict(n_steps=1, max_chars=120_000, schedule="")
+    train(preset("tiny", **base, lr=1e-3, warmup_steps=50), tmp_path / "warm", progress=False)
+    train(preset("tiny", **base, lr=1e-3 / 50), tmp_path / "plain", progress=False)
+    train(preset("tiny", **base, lr=1e-3), tmp_path / "full", progress=False)
+    warm, plain, full = (load_file(str(tmp_path / d / "step_00000001.safetensors")) for d in ("warm", "plain", "full"))
+    assert all(torch.equal(warm[k], plain[k]) for k in warm)
+    assert not all(torch.equal(warm[k], full[k]) for k in warm)

@@ -47,6 +47,7 @@ class TrainConfig:
     n_steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
+    warmup_steps: int = 0  # linear warmup from lr/warmup_steps to lr over the first steps, then constant
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 1.0
@@ -54,6 +55,14 @@ class TrainConfig:
     eval_batches: int = 8
     eval_fraction: float = 0.05
     seed: int = 0
+    # Synthetic structure injected into training rows, {kind: fraction of every batch}; see
+    # rllc.data.inject (kinds: repeated_spans, repeated_random, key_retrieval). Eval stays natural.
+    inject: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from rllc.data.inject import check_inject
+
+        self.inject = check_inject(self.inject)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -83,10 +92,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         schedule="log:10,linear:5", eval_batches=4,
     ),
     # Minutes on 2 CPU cores: 2 layers x 8 heads, attention-only, shortformer.
+    # Prose + code with repeated spans injected into half the rows of every batch
+    # (rllc.data.inject), lr 1e-2 after a 100-step warmup: previous-token and induction heads
+    # form together between steps ~5500 and ~7000 (the step varies from run to run), where the
+    # schedule is dense. See docs/training.md.
     "demo": dict(
-        model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=128),
-        data=["prose", "code"], vocab_size=2048, n_steps=3000, batch_size=32,
-        schedule="log:30,linear:20",
+        model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=64),
+        data=["prose", "code"], vocab_size=512, n_steps=9000, batch_size=32,
+        lr=1e-2, warmup_steps=100, inject={"repeated_spans": 0.25, "repeated_random": 0.25},
+        schedule="100,250,500,1000-4000/1000,4500,5000-7500/100,8000,8500",
     ),
     # The rLLC paper's model and schedule (107 checkpoints); a GPU or a cluster job.
     "paper": dict(
@@ -237,6 +251,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
     config_path = out / "config.json"
     if config_path.exists():
         existing = read_json(config_path)
+        if isinstance(existing.get("train"), dict):  # runs from before `inject` existed had none
+            existing["train"] = {"inject": {}, **existing["train"]}
         if {k: existing.get(k) for k in ("model", "train")} != {k: record[k] for k in ("model", "train")}:
             raise ValueError(
                 f"{out} already holds a run with a different configuration; "
@@ -264,10 +280,16 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
         step, train_losses = int(state["step"]), state["train_losses"].tolist()
         if progress:
             print(f"resuming {out} from step {step}")
-    # Rows at or after the resumed step are recomputed, identically, below.
-    write_metrics(out, [m for m in read_metrics(out) if m["step"] < step])
-
     schedule = set(checkpoint_steps(cfg.schedule, cfg.n_steps))
+    # Rows after the resumed step are recomputed, identically, below. A resume state saved at a
+    # checkpoint step is written after that step's checkpoint and row, whose mean training loss
+    # it no longer holds (it was reset), so that row is kept rather than recomputed.
+    kept = [m for m in read_metrics(out) if m["step"] < step or (m["step"] == step and step in schedule)]
+    write_metrics(out, kept)
+    done = {m["step"] for m in kept}
+    from rllc.data.inject import Injector
+
+    inject = Injector(cfg.inject, cfg.vocab_size, cfg.seed, tokenizer)
     eval_batches = eval_ds.fixed_batches(cfg.eval_batches, cfg.batch_size, seed=cfg.seed + 1)
     tokens_per_step = cfg.batch_size * model_cfg.n_ctx
 
@@ -282,7 +304,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
     t0, step0, last_save, last_eval = time.monotonic(), step, time.monotonic(), "-"
     model.train()
     while True:
-        if step in schedule:
+        if step in schedule and step not in done:
             save_checkpoint(model, out, step)
             row = {"step": step, "train_loss": mean_or_none(train_losses),
                    "eval_loss": evaluate(model, eval_batches), "tokens": step * tokens_per_step}
@@ -295,7 +317,10 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_ev
         if step in schedule or time.monotonic() - last_save > resume_every_s:
             save_resume_state()
             last_save = time.monotonic()
-        batch = train_ds.batch_at(step, cfg.batch_size, seed=cfg.seed)
+        batch = inject(train_ds.batch_at(step, cfg.batch_size, seed=cfg.seed), step)
+        if cfg.warmup_steps:
+            for group in optimizer.param_groups:  # a pure function of the step, so resuming is exact
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         loss = model(batch, return_type="loss")
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower the learning rate")

@@ -1,7 +1,8 @@
 """Data for training and probing: corpora, tokenizer, token arrays, synthetic batches.
 
 See docs/data.md for the corpora, the context format and the exact
-definitions of the synthetic probe batches.
+definitions of the synthetic probe batches and of the probe structure
+injected into training batches (`Injector`).
 """
 
 from rllc.data.corpora import (
@@ -14,6 +15,7 @@ from rllc.data.corpora import (
     stdlib_code_files,
 )
 from rllc.data.errors import CorpusUnavailableError, DataError, DataFileNotFoundError
+from rllc.data.inject import INJECT_KINDS, Injection, Injector, check_inject
 from rllc.data.synthetic import (
     InductionBatch,
     KeyRetrievalBatch,
@@ -52,11 +54,15 @@ __all__ = [
     "DataFileNotFoundError",
     "EOT_ID",
     "EOT_TOKEN",
+    "INJECT_KINDS",
+    "Injection",
+    "Injector",
     "InductionBatch",
     "KeyRetrievalBatch",
     "N_SPECIAL",
     "SPECIAL_TOKENS",
     "TokenDataset",
+    "check_inject",
     "clean_play_markdown",
     "concat_corpora",
     "content_hash",
