@@ -244,8 +244,8 @@ def run_demo(
     run = Path(out) if out else Path("runs") / ("demo-quick" if quick else "demo")
     cfg = train_config(preset=preset, config=config, quick=quick)
     opts = estimate_options(estimate_config, quick, dict(threads=threads, workers=workers))
-    if opts.get("threads"):
-        torch.set_num_threads(int(opts["threads"]))
+    if threads:  # an explicit --threads applies to every stage; the config's `threads` only to estimation tasks
+        torch.set_num_threads(int(threads))
     check_checkpoint_dir(cfg, ckpt)
     run.mkdir(parents=True, exist_ok=True)
     timings = Timings(run, quick)
@@ -400,7 +400,9 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a tiny model and very short chains, for tests and smoke runs (default directories "
                         "checkpoints/demo-quick, runs/demo-quick)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: the estimation config's)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads for every stage (default: torch's choice; estimation tasks use the "
+                        "estimation config's `threads`)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="worker processes for estimate and probe (default: the estimation config's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (stage banners still print)")
