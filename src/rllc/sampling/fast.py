@@ -224,7 +224,6 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
     # The fused kernel: first derivatives are all SGLD needs, and it is ~4x faster than explicit attention.
     z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.attn_scale)  # [k, B, T, dh]
     targets = cache.tokens[:, 1:].flatten()
-    n_pairs, batch = z.shape[0], z.shape[1]
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
     if layer == cfg.n_layers - 1:
         # Logits in the head's subspace (see the module docstring); the last position predicts nothing.
@@ -499,7 +498,6 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
 
     workspace = _Workspace()
     steps = burn_in + draws
-    n_pairs = {g.layer: g.n_pairs for g in groups}
     losses = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     sq_dist = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
@@ -595,7 +593,6 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
                         seconds=share, component=c, n_coords=n_coords, hyper=hyper)
         est.diagnostics.update(fast_path=True, sweep_seconds=seconds, sweep_components=len(comps))
         out[c] = est
-    del n_pairs
     return out
 
 
