@@ -94,7 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: 2 layers x 8 heads, attention-only, shortformer.
     # Prose + code with repeated spans injected into half the rows of every batch
     # (rllc.data.inject), lr 1e-2 after a 100-step warmup: previous-token and induction heads
-    # form together between steps ~5500 and ~7000 (the step varies from run to run), where the
+    # form together between steps ~5900 and ~7500 (the step varied from run to run), where the
     # schedule is dense. See docs/training.md.
     "demo": dict(
         model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=64),
