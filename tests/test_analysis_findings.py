@@ -13,6 +13,7 @@ from rllc.analysis.findings import (
     PASS,
     REPORTED,
     behaviour_types,
+    below_minimum_steps,
     rank_auc,
     rise_step,
     study_findings,
@@ -100,6 +101,38 @@ def test_clustering_matching_types_gives_ari_one(found):
 def test_clustering_unrelated_to_types_gives_low_ari():
     f = study_findings(table(curves="mismatch"), **FAST)["clustering"]
     assert f.status == FAIL and f.numbers["ari"] < 0.3 and f.numbers["k"] == 2
+
+
+def test_clustering_reports_agreement_with_the_uncollapsed_classes(found):
+    f = found["clustering"]
+    # classes: 2 previous, 2 induction, 4 unclassified; the types collapse "unclassified" to "other"
+    assert f.numbers["classes"] == {"unclassified": 4, "previous": 2, "induction": 2}
+    assert f.numbers["ari_classes"] == pytest.approx(1.0)
+    assert "selectivity classes" in f.summary and f.numbers["steps_left_out"] == []
+
+
+def test_clustering_within_each_layer(found):
+    layers = {e["layer"]: e for e in found["clustering"].numbers["per_layer"]}
+    assert set(layers) == {0, 1}
+    assert layers[0]["types"] == {"other": 2, "previous-token": 2} and layers[1]["types"] == {"other": 2, "induction": 2}
+    assert all(e["ari"] == pytest.approx(1.0) and e["k"] == 2 for e in layers.values())
+    assert "Within each layer" in found["clustering"].summary
+
+
+def test_below_minimum_steps():
+    curves = pd.DataFrame({0: [-0.5, -0.8, 0.1], 10: [0.2, -0.1, 0.3], 20: [0.0, 0.0, 0.0]}, index=["a", "b", "c"])
+    assert below_minimum_steps(curves) == [0]
+
+
+def test_a_shared_descent_at_initialization_is_left_out_of_the_clustering():
+    # every head's estimate at step 0 is far below zero (the chains ran downhill), with head-to-head
+    # scatter larger than the planted shapes: kept in, it would decide the z-scored clustering
+    t = table()
+    at0 = (t["signal"] == "llc") & (t["step"] == 0)
+    t.loc[at0, "value"] = -200 - 150 * np.random.default_rng(3).random(int(at0.sum()))
+    f = study_findings(t, **FAST)["clustering"]
+    assert f.numbers["steps_left_out"] == [0] and "Left out" in f.summary
+    assert f.numbers["ari"] == pytest.approx(1.0) and f.status == PASS
 
 
 def test_data_refinement_separates_induction_heads(found):

@@ -92,15 +92,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         schedule="log:10,linear:5", eval_batches=4,
     ),
     # Minutes on 2 CPU cores: 2 layers x 8 heads, attention-only, shortformer.
-    # Prose + code with repeated spans injected into half the rows of every batch
-    # (rllc.data.inject), lr 1e-2 after a 100-step warmup: previous-token and induction heads
-    # form together between steps ~5900 and ~7500 (the step varied from run to run), where the
-    # schedule is dense. See docs/training.md.
+    # Prose + code with repeated spans injected into every row of every batch (rllc.data.inject:
+    # a quarter of the rows repeat a span of their own text, three quarters a span of random
+    # tokens, inside natural text), lr 1e-2 after a 100-step warmup: previous-token and induction
+    # heads form together near step 3600, inside the dense part of the schedule (2500-5000).
+    # See docs/training.md.
     "demo": dict(
         model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=64),
-        data=["prose", "code"], vocab_size=512, n_steps=9000, batch_size=32,
-        lr=1e-2, warmup_steps=100, inject={"repeated_spans": 0.25, "repeated_random": 0.25},
-        schedule="100,250,500,1000-4000/1000,4500,5000-7500/100,8000,8500",
+        data=["prose", "code"], vocab_size=512, n_steps=6000, batch_size=32,
+        lr=1e-2, warmup_steps=100, inject={"repeated_spans": 0.25, "repeated_random": 0.75},
+        schedule="100,250,500,1000-2000/500,2500-5000/100,5500",
     ),
     # The rLLC paper's model and schedule (107 checkpoints); a GPU or a cluster job.
     "paper": dict(

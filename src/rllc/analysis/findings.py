@@ -10,7 +10,10 @@ sentence and, where the study sets a threshold, PASS or FAIL.
                      PASS when there is one (it clears the noise floor)
     clustering       the best clustering of the per-head wrLLC curves (llc on prose),
                      chosen by cluster-quality metrics only, and its ARI/NMI against
-                     the behavioural head types; goal ARI >= 0.6
+                     the behavioural head types; goal ARI >= 0.6. Also its ARI/NMI
+                     against the uncollapsed selectivity classes. Checkpoints whose
+                     median head estimate is negative (not at a local minimum) are
+                     left out
     data_refinement  code-minus-prose drLLC of the induction heads against the other
                      heads over the late checkpoints: means, rank AUC, whether the
                      ranges separate (reported)
@@ -298,63 +301,118 @@ def _resolve(table: pd.DataFrame, *specs: str) -> str | None:
     return None
 
 
-def clustering(table: pd.DataFrame, types: pd.Series, types_source: str, *, key: str = "llc@prose",
-               algorithms: Sequence[str] = ALGORITHMS, ks: Sequence[int] = range(2, 9),
-               criterion: str = "silhouette", goal: float = ARI_GOAL, seed: int = 0) -> Finding:
-    title = "Clustering vs head types"
-    method = (f"Per-head wrLLC curves ({key}, z-scored per head, checkpoint axis) clustered by "
-              f"{', '.join(algorithms)} for k in {min(ks)}..{max(ks)}; each algorithm's k chosen by {criterion}; "
-              "the best clustering is the one whose chosen clustering has the highest Euclidean silhouette on "
-              "the z-scored curves (labels are not used to choose); its ARI and NMI against the behavioural types "
-              f"({types_source}); goal ARI >= {goal:g}.")
-    name = _resolve(table, key, "llc")
-    if name is None:
-        return Finding("clustering", title, MISSING, f"no per-head signal {key!r} in the table", method)
-    try:
-        ts = stack_trajectories(table, [name])
-    except AnalysisError as e:
-        return Finding("clustering", title, MISSING, f"cannot build the {name} curves: {e}", method)
-    n = len(ts.heads)
-    ks = [k for k in ks if 2 <= k <= n - 1]
-    if n < 3 or not ks:
-        return Finding("clustering", title, MISSING, f"{n} heads: too few to cluster", method)
+def below_minimum_steps(curves: pd.DataFrame) -> list:
+    """Steps (columns of a heads x steps table of LLC estimates) whose median over heads is negative.
+
+    At a local minimum the LLC is >= 0; a negative median means the chains ran downhill from w*
+    (the initialization checkpoint, typically), so those estimates measure the descent, not the
+    geometry at w*, and would dominate every z-scored curve with one shared spike."""
+    med = curves.median(axis=0, skipna=True)
+    return [s for s in curves.columns if np.isfinite(med[s]) and med[s] < 0]
+
+
+def _best_clustering(ts, truth: pd.Series | None, class_truth: pd.Series | None, algorithms, ks, criterion,
+                     seed) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Each algorithm's clustering at its k chosen by `criterion`, the best of them by Euclidean
+    silhouette on the curves (labels are not used to choose), and its labels; ARI/NMI against
+    `truth` and `class_truth` (head -> label) where given."""
+    ks = [k for k in ks if 2 <= k <= len(ts.heads) - 1]
     result = cluster_set(ts, algorithms=algorithms, ks=ks, criterion=criterion, seed=seed)
-    flat = ts.flat
-    typed = len(types) and all(h in types.index for h in ts.heads)
-    truth = types.reindex(ts.heads).astype(str).to_numpy() if typed else None
+    flat, n = ts.flat, len(ts.heads)
     rows = []
     for a, k in result.chosen.items():
         lab = result.labels[(a, k)]
         n_used = len(np.unique(lab))
         sil = float(silhouette_score(flat, lab, metric="euclidean")) if 2 <= n_used <= n - 1 else float("nan")
         own = result.metrics[(result.metrics["algorithm"] == a) & (result.metrics["k"] == k)]["silhouette"]
-        rows.append(dict(algorithm=a, k=k, silhouette_euclidean=sil,
-                         silhouette_own=float(own.iloc[0]) if len(own) else float("nan"),
-                         ari=float(adjusted_rand_score(truth, lab)) if typed else float("nan"),
-                         nmi=float(normalized_mutual_info_score(truth, lab)) if typed else float("nan")))
+        row = dict(algorithm=a, k=k, silhouette_euclidean=sil, silhouette_own=float(own.iloc[0]) if len(own) else float("nan"))
+        for suffix, ref in (("", truth), ("_classes", class_truth)):
+            ref = None if ref is None else ref.reindex(ts.heads).to_numpy()
+            row["ari" + suffix] = float(adjusted_rand_score(ref, lab)) if ref is not None else float("nan")
+            row["nmi" + suffix] = float(normalized_mutual_info_score(ref, lab)) if ref is not None else float("nan")
+        rows.append(row)
     tab = pd.DataFrame(rows)
-    if tab["silhouette_euclidean"].notna().any():
-        best = tab.loc[tab["silhouette_euclidean"].idxmax()]
-    else:
-        best = tab.iloc[0]
+    best = tab.loc[tab["silhouette_euclidean"].idxmax()] if tab["silhouette_euclidean"].notna().any() else tab.iloc[0]
     tab.insert(0, "best", tab["algorithm"] == best["algorithm"])
-    labels = pd.Series(result.labels[(best["algorithm"], int(best["k"]))], index=ts.heads)
+    return tab, best, pd.Series(result.labels[(best["algorithm"], int(best["k"]))], index=ts.heads)
+
+
+def clustering(table: pd.DataFrame, types: pd.Series, types_source: str, *, key: str = "llc@prose",
+               algorithms: Sequence[str] = ALGORITHMS, ks: Sequence[int] = range(2, 9),
+               criterion: str = "silhouette", goal: float = ARI_GOAL, seed: int = 0) -> Finding:
+    title = "Clustering vs head types"
+    method = (f"Per-head wrLLC curves ({key}, z-scored per head, checkpoint axis; checkpoints whose median "
+              "head estimate is negative, i.e. not at a local minimum, left out) clustered by "
+              f"{', '.join(algorithms)} for k in {min(ks)}..{max(ks)}; each algorithm's k chosen by {criterion}; "
+              "the best clustering is the one whose chosen clustering has the highest Euclidean silhouette on "
+              "the z-scored curves (labels are not used to choose); its ARI and NMI against the behavioural types "
+              f"({types_source}); goal ARI >= {goal:g}. Also reported: ARI and NMI against the uncollapsed "
+              "selectivity classes (self, first, previous, induction, ...), and the same clustering done within each "
+              "layer on its own (the rLLC paper clusters the heads of one layer), with each layer's ARI.")
+    name = _resolve(table, key, "llc")
+    if name is None:
+        return Finding("clustering", title, MISSING, f"no per-head signal {key!r} in the table", method)
+    try:
+        left_out = below_minimum_steps(trajectories(table, name))
+        ts = stack_trajectories(table[~table["step"].isin(left_out)], [name])
+    except AnalysisError as e:
+        return Finding("clustering", title, MISSING, f"cannot build the {name} curves: {e}", method)
+    n = len(ts.heads)
+    ks = [k for k in ks if 2 <= k <= n - 1]
+    if n < 3 or not ks:
+        return Finding("clustering", title, MISSING, f"{n} heads: too few to cluster", method)
+    typed = len(types) and all(h in types.index for h in ts.heads)
+    truth = types.reindex(ts.heads).astype(str) if typed else None
+    classes = head_types(table)
+    classed = len(classes) and all(h in classes.index for h in ts.heads)
+    class_truth = classes.reindex(ts.heads).astype(str) if classed else None
+    tab, best, labels = _best_clustering(ts, truth, class_truth, algorithms, ks, criterion, seed)
     members = {int(c): list(labels.index[labels == c]) for c in sorted(labels.unique())}
     numbers: dict[str, Any] = dict(key=name, heads=n, algorithm=best["algorithm"], k=int(best["k"]),
                                    silhouette=float(best["silhouette_euclidean"]), clusters=members,
-                                   goal=goal)
+                                   goal=goal, steps_used=len(ts.steps),
+                                   steps_left_out=[int(s) for s in left_out])
+    left_text = (f" Left out (median head estimate < 0): step{'s' if len(left_out) > 1 else ''} "
+                 f"{', '.join(str(int(s)) for s in left_out)}." if left_out else "")
     if not typed:
         summary = (f"Best clustering: {best['algorithm']} with k={int(best['k'])} (silhouette "
-                   f"{_num(best['silhouette_euclidean'])}); no behavioural head types to compare with.")
+                   f"{_num(best['silhouette_euclidean'])}); no behavioural head types to compare with.{left_text}")
         return Finding("clustering", title, MISSING, summary, method, numbers, tab)
     counts = pd.Series(truth).value_counts()
     numbers.update(ari=float(best["ari"]), nmi=float(best["nmi"]), types={t: int(c) for t, c in counts.items()},
                    type_of={h: str(t) for h, t in zip(ts.heads, truth)})
     type_text = ", ".join(f"{c} {t}" for t, c in counts.items())
     note = "" if len(counts) > 1 else " (a single type: the ARI cannot reward any clustering)"
+    class_text = ""
+    if classed:
+        class_counts = pd.Series(class_truth).value_counts()
+        numbers.update(ari_classes=float(best["ari_classes"]), nmi_classes=float(best["nmi_classes"]),
+                       classes={t: int(c) for t, c in class_counts.items()},
+                       class_of={h: str(t) for h, t in zip(ts.heads, class_truth)})
+        class_text = (f" Against the selectivity classes ({', '.join(f'{c} {t}' for t, c in class_counts.items())}):"
+                      f" ARI {_num(best['ari_classes'])}, NMI {_num(best['nmi_classes'])}.")
+    per_layer, layer_texts = [], []
+    for layer, lts in ts.by_layer().items():
+        if len(lts.heads) < 3:
+            continue
+        _, lbest, llabels = _best_clustering(lts, truth, class_truth, algorithms, ks, criterion, seed)
+        ltypes = pd.Series(truth.reindex(lts.heads)).value_counts()
+        entry = dict(layer=int(layer), heads=len(lts.heads), algorithm=lbest["algorithm"], k=int(lbest["k"]),
+                     silhouette=float(lbest["silhouette_euclidean"]), ari=float(lbest["ari"]),
+                     nmi=float(lbest["nmi"]), types={t: int(c) for t, c in ltypes.items()},
+                     clusters={int(c): list(llabels.index[llabels == c]) for c in sorted(llabels.unique())})
+        if classed:
+            entry.update(ari_classes=float(lbest["ari_classes"]), nmi_classes=float(lbest["nmi_classes"]))
+        per_layer.append(entry)
+        one = " (one type)" if len(ltypes) < 2 else ""
+        layer_texts.append(f"layer {layer}: {lbest['algorithm']} k={int(lbest['k'])}, ARI {_num(lbest['ari'])}{one}"
+                           + (f", ARI vs classes {_num(lbest['ari_classes'])}" if classed else ""))
+    numbers["per_layer"] = per_layer
+    layer_text = (" Within each layer (as the rLLC paper clusters, reported): " + "; ".join(layer_texts) + "."
+                  if layer_texts else "")
     summary = (f"Best clustering: {best['algorithm']} with k={int(best['k'])} (silhouette "
                f"{_num(best['silhouette_euclidean'])}); ARI {_num(best['ari'])}, NMI {_num(best['nmi'])} against "
-               f"the head types ({type_text}){note}; goal ARI >= {goal:g}.")
+               f"the head types ({type_text}){note}; goal ARI >= {goal:g}.{class_text}{layer_text}{left_text}")
     return Finding("clustering", title, PASS if best["ari"] >= goal else FAIL, summary, method, numbers, tab)
 
 
