@@ -96,7 +96,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Prose + code with repeated spans injected into every row of every batch (rllc.data.inject:
     # a quarter of the rows repeat a span of their own text, three quarters a span of random
     # tokens, inside natural text), lr 1e-2 after a 100-step warmup: previous-token and induction
-    # heads form together near step 3600, inside the dense part of the schedule (2500-5000).
+    # heads form together between steps ~3100 and ~3600 (runs so far), inside the dense part of the
+    # schedule (2500-5000).
     # See docs/training.md.
     "demo": dict(
         model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, n_ctx=64),
