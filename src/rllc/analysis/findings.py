@@ -327,9 +327,12 @@ def _best_clustering(ts, truth: pd.Series | None, class_truth: pd.Series | None,
         own = result.metrics[(result.metrics["algorithm"] == a) & (result.metrics["k"] == k)]["silhouette"]
         row = dict(algorithm=a, k=k, silhouette_euclidean=sil, silhouette_own=float(own.iloc[0]) if len(own) else float("nan"))
         for suffix, ref in (("", truth), ("_classes", class_truth)):
-            ref = None if ref is None else ref.reindex(ts.heads).to_numpy()
-            row["ari" + suffix] = float(adjusted_rand_score(ref, lab)) if ref is not None else float("nan")
-            row["nmi" + suffix] = float(normalized_mutual_info_score(ref, lab)) if ref is not None else float("nan")
+            if ref is None:
+                row["ari" + suffix] = row["nmi" + suffix] = float("nan")
+            else:
+                ref = ref.reindex(ts.heads).to_numpy()
+                row["ari" + suffix] = float(adjusted_rand_score(ref, lab))
+                row["nmi" + suffix] = float(normalized_mutual_info_score(ref, lab))
         rows.append(row)
     tab = pd.DataFrame(rows)
     best = tab.loc[tab["silhouette_euclidean"].idxmax()] if tab["silhouette_euclidean"].notna().any() else tab.iloc[0]
@@ -378,14 +381,14 @@ def clustering(table: pd.DataFrame, types: pd.Series, types_source: str, *, key:
         summary = (f"Best clustering: {best['algorithm']} with k={int(best['k'])} (silhouette "
                    f"{_num(best['silhouette_euclidean'])}); no behavioural head types to compare with.{left_text}")
         return Finding("clustering", title, MISSING, summary, method, numbers, tab)
-    counts = pd.Series(truth).value_counts()
+    counts = truth.value_counts()
     numbers.update(ari=float(best["ari"]), nmi=float(best["nmi"]), types={t: int(c) for t, c in counts.items()},
                    type_of={h: str(t) for h, t in zip(ts.heads, truth)})
     type_text = ", ".join(f"{c} {t}" for t, c in counts.items())
     note = "" if len(counts) > 1 else " (a single type: the ARI cannot reward any clustering)"
     class_text = ""
     if classed:
-        class_counts = pd.Series(class_truth).value_counts()
+        class_counts = class_truth.value_counts()
         numbers.update(ari_classes=float(best["ari_classes"]), nmi_classes=float(best["nmi_classes"]),
                        classes={t: int(c) for t, c in class_counts.items()},
                        class_of={h: str(t) for h, t in zip(ts.heads, class_truth)})
@@ -396,7 +399,7 @@ def clustering(table: pd.DataFrame, types: pd.Series, types_source: str, *, key:
         if len(lts.heads) < 3:
             continue
         _, lbest, llabels = _best_clustering(lts, truth, class_truth, algorithms, ks, criterion, seed)
-        ltypes = pd.Series(truth.reindex(lts.heads)).value_counts()
+        ltypes = truth.reindex(lts.heads).value_counts()
         entry = dict(layer=int(layer), heads=len(lts.heads), algorithm=lbest["algorithm"], k=int(lbest["k"]),
                      silhouette=float(lbest["silhouette_euclidean"]), ari=float(lbest["ari"]),
                      nmi=float(lbest["nmi"]), types={t: int(c) for t, c in ltypes.items()},
