@@ -1,6 +1,6 @@
 """One self-contained HTML page for a run: the study's findings (PASS/FAIL badges,
 rllc.analysis.findings), configuration, diagnostics (any
-unhealthy estimate named), stages, clusters, comparison tables and per-head
+unhealthy estimate named; how many LLC estimates fail R-hat), stages, clusters, comparison tables and per-head
 curves, with every
 figure embedded as a base64 PNG (the page needs no other file and no network).
 
@@ -118,6 +118,21 @@ def diagnostics_overview(df: pd.DataFrame) -> dict:
                     ess.append(v)
     return dict(estimates=len(rows), max_rhat=max(rhat) if rhat else None, min_ess=min(ess) if ess else None,
                 with_rhat=len(rhat))
+
+
+def convergence_html(df: pd.DataFrame) -> str:
+    """A "Convergence" paragraph: how many LLC estimates (signal "llc") have R-hat above 1.1 and 1.01
+    (rllc.runs.store.rhat_summary, the count `rllc estimate` prints), and what to change if any
+    exceed 1.1; empty if the table has no LLC estimates."""
+    from rllc.runs.store import rhat_summary, rhat_summary_lines  # rllc.runs loads torch: only when needed
+
+    counts = rhat_summary(df)
+    lines = rhat_summary_lines(counts)
+    if not lines:
+        return ""
+    status = "bad" if counts["over_1_1"] else ("note" if counts["over_1_01"] or counts["unknown"] else "ok")
+    advice = "".join(f'<p class="note">{_esc(line)}</p>' for line in lines[1:])
+    return f'<h3>Convergence</h3><p class="{status}">{_esc(lines[0])}</p>{advice}'
 
 
 # --- HTML ---------------------------------------------------------------------------
@@ -318,7 +333,7 @@ def render_report(
         body = status + f'<p class="note">{line}</p>' + html_table(names, max_rows=200, scroll=True)
     else:
         body = f'<p class="ok">All estimates healthy.</p><p class="note">{line}</p>'
-    parts.append(_section("diagnostics", "Diagnostics", body))
+    parts.append(_section("diagnostics", "Diagnostics", body + convergence_html(table)))
 
     # stages
     if comparison is not None:
@@ -489,5 +504,5 @@ def build_report(
     return path
 
 
-__all__ = ["RHAT_MAX", "build_report", "diagnostics_overview", "diagnostics_table", "embed_png", "findings_section",
-           "html_table", "render_report"]
+__all__ = ["RHAT_MAX", "build_report", "convergence_html", "diagnostics_overview", "diagnostics_table", "embed_png",
+           "findings_section", "html_table", "render_report"]

@@ -29,7 +29,7 @@ from rllc.runs.options import (
     validate_execution_options,
 )
 from rllc.runs.plan import Task, expand_components, plan_estimates, plan_probes, select_steps
-from rllc.runs.store import Store
+from rllc.runs.store import Store, rhat_summary, rhat_summary_lines
 from rllc.runs.tasks import Payload
 
 LOG_NAME = "run.log"
@@ -44,10 +44,16 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # rllc.runs.store.rhat_summary over the LLC estimates the run's tasks ask for (None: no LLC tasks)
+    rhat: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+    def convergence_lines(self) -> list[str]:
+        """How many of the run's LLC estimates fail R-hat, and what to change if any exceed 1.1."""
+        return rhat_summary_lines(self.rhat) if self.rhat else []
 
 
 class RunLog:
@@ -156,6 +162,10 @@ def execute_plan(kind: str, series: CheckpointSeries, out: str | Path, tasks: li
         finally:
             bar.close()
         summary.seconds = time.perf_counter() - started
+        if any(t.kind == "estimate" and t.estimator == "llc" for t in tasks):
+            summary.rhat = rhat_summary(store.llc_results(tasks))
+            for line in summary.convergence_lines():
+                log(line)
         store.finish_run(summary.planned, summary.skipped, summary.done, summary.failed)
         log(f"end run {store.run_id}: {summary.done} computed, {summary.skipped} skipped, {summary.failed} failed "
             f"in {summary.seconds:.1f} s")

@@ -191,6 +191,20 @@ class Store:
             self.conn.execute("INSERT INTO errors VALUES (?, ?, ?, ?, ?)",
                               (task.key, self.run_id, time.time(), message, detail))
 
+    def llc_results(self, tasks: list[Task]) -> pd.DataFrame:
+        """The stored llc rows that the LLC tasks in `tasks` ask for, finished now or in an earlier run
+        (columns checkpoint, dataset, config_hash, component, signal, diagnostics)."""
+        columns = ["checkpoint", "dataset", "config_hash", "component", "signal", "diagnostics"]
+        wanted = {(t.checkpoint, t.dataset, t.config_hash, c)
+                  for t in tasks if t.kind == "estimate" and t.estimator == "llc" for c in t.components}
+        if not wanted:
+            return pd.DataFrame(columns=columns)
+        hashes = sorted({w[2] for w in wanted})
+        rows = self.conn.execute(
+            f"SELECT {', '.join(columns)} FROM results WHERE kind='estimate' AND signal='llc' AND config_hash IN "
+            f"({', '.join('?' * len(hashes))})", hashes).fetchall()
+        return pd.DataFrame([r for r in rows if r[:4] in wanted], columns=columns)
+
 
 def trace_name(task: Task) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task.dataset)
@@ -269,6 +283,51 @@ def load_trace(run_dir: str | Path, checkpoint: str, component: str, dataset: st
         raise RunError(f"{run_dir}: no llc loss trace for {checkpoint} {component} {dataset} {config_hash}")
     with np.load(Path(run_dir) / TRACE_DIR / hit[0]) as f:
         return f[component]
+
+
+# --- convergence -----------------------------------------------------------------
+
+RHAT_WARN = 1.01  # Vehtari et al. (2021): R-hat above 1.01 is not yet converged
+RHAT_FAIL = 1.1  # the older, looser threshold; rllc report marks an estimate above it unhealthy
+
+
+def rhat_summary(df: pd.DataFrame) -> dict[str, int]:
+    """R-hat counts over the LLC estimates (rows with signal "llc") of a results table.
+
+    Returns ``n`` (LLC rows), ``over_1_01`` and ``over_1_1`` (rows whose R-hat, ``rhat`` in the
+    row's diagnostics JSON, exceeds 1.01 / 1.1; the second are among the first) and ``unknown``
+    (rows without a finite R-hat: the key missing or null, as the store writes NaN and Inf, or the
+    diagnostics unreadable). ``diagnostics`` may hold JSON text (as stored) or dicts."""
+    llc = df[df["signal"] == "llc"] if "signal" in df.columns else df.iloc[:0]
+    counts = dict(n=len(llc), over_1_01=0, over_1_1=0, unknown=0)
+    for raw in llc["diagnostics"] if "diagnostics" in llc.columns else [None] * len(llc):
+        try:
+            d = json.loads(raw) if isinstance(raw, str) else raw
+            value = float(d["rhat"])
+        except (ValueError, TypeError, KeyError):
+            value = float("nan")
+        if not np.isfinite(value):
+            counts["unknown"] += 1
+        elif value > RHAT_WARN:
+            counts["over_1_01"] += 1
+            counts["over_1_1"] += int(value > RHAT_FAIL)
+    return counts
+
+
+def rhat_summary_lines(counts: dict[str, int]) -> list[str]:
+    """`rhat_summary` in words: one sentence (none if there are no LLC estimates), and one on what to
+    change when any R-hat exceeds 1.1."""
+    if not counts["n"]:
+        return []
+    line = (f"{counts['over_1_1']} of {counts['n']} LLC estimates have R-hat > {RHAT_FAIL:g} "
+            f"({counts['over_1_01']} > {RHAT_WARN:g})")
+    if counts["unknown"]:
+        line += f"; {counts['unknown']} have no R-hat (e.g. too few draws, or a constant trace)"
+    lines = [line + "."]
+    if counts["over_1_1"]:
+        lines.append("Their chains have not converged: try more draws or burn-in (--draws, --burn-in), or an "
+                     "--epsilon from the calibration plateau (rllc.sampling.calibrate; docs/llc.md, Calibration).")
+    return lines
 
 
 def export_results(run_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:

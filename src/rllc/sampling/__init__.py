@@ -2,7 +2,7 @@
 
 from rllc.sampling.calibrate import calibrate, plot_calibration
 from rllc.sampling.data import BatchStream, NonFiniteDataError, TeacherTargets, next_token_loss, teacher_loss
-from rllc.sampling.diagnostics import ChainDivergedError, ess, split_rhat
+from rllc.sampling.diagnostics import ChainDivergedError, ess_bulk, ess_tail, mcse_mean, rhat, trace_summary
 from rllc.sampling.kernel import ProjectedSGLD, chain_seed
 from rllc.sampling.llc import LLCEstimate, estimate_llc
 
@@ -15,10 +15,13 @@ __all__ = [
     "TeacherTargets",
     "calibrate",
     "chain_seed",
-    "ess",
+    "ess_bulk",
+    "ess_tail",
+    "mcse_mean",
+    "rhat",
+    "trace_summary",
     "estimate_llc",
     "next_token_loss",
     "plot_calibration",
-    "split_rhat",
     "teacher_loss",
 ]
