@@ -14,7 +14,7 @@ from rllc.models.components import heads
 from rllc.sampling import ChainDivergedError, estimate_llc, next_token_loss
 from rllc.sampling.fast import estimate_llc_sweep, sweep_table, unsupported_reason
 
-KW = dict(chains=2, draws=25, init_loss_batches=3, seed=7)
+KW = dict(chains=2, draws=25, seed=7)
 
 
 def _trained(**overrides):
@@ -116,10 +116,10 @@ def test_unsupported_models_fall_back():
     mlp = Transformer(ModelConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=20, d_mlp=32))
     assert "MLP" in unsupported_reason(mlp, ["0:0"])
     data = [torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(0))]
-    out = estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, init_loss_batches=1)
+    out = estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3)
     assert "fast_path" not in out["0:1"].diagnostics
     with pytest.raises(ValueError, match="fast=True"):
-        estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, init_loss_batches=1, fast=True)
+        estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, fast=True)
 
 
 def test_table_and_divergence(setup):
@@ -127,7 +127,7 @@ def test_table_and_divergence(setup):
     table = sweep_table(estimate_llc_sweep(model, data, ["0:0", "1:1"], **{**KW, "draws": 4}))
     assert list(table["component"]) == ["0:0", "1:1"] and {"llc_mean", "llc_std", "rhat"} <= set(table.columns)
     with pytest.raises(ChainDivergedError):
-        estimate_llc_sweep(model, data, ["1:1"], chains=2, draws=30, init_loss_batches=1, epsilon=10.0,
+        estimate_llc_sweep(model, data, ["1:1"], chains=2, draws=30, epsilon=10.0,
                            max_loss_increase=1.0)
     assert all(p.requires_grad for p in model.parameters())
 

@@ -31,7 +31,7 @@ def test_linear_regression_gives_d_over_2():
     problem = make_linear_regression(d=d, n=1000, seed=0)
     eps = 1e-4
     est = estimate_llc(problem.model, problem.data, loss_fn=problem.loss_fn, epsilon=eps, nbeta=NBETA,
-                       gamma=GAMMA, chains=4, draws=4000, burn_in=200, init_loss_batches=1, seed=0)
+                       gamma=GAMMA, chains=4, draws=4000, burn_in=200, seed=0)
     se = est.diagnostics["se"]
     sgld_target = problem.expected_llc(NBETA, GAMMA, epsilon=eps)  # 5.13: 2.6% above d/2 from the step size
     assert abs(est.mean - sgld_target) < 4 * se
@@ -46,8 +46,7 @@ def test_refining_a_regular_model_to_k_coordinates_gives_k_over_2():
     mask[0, coords] = True
     eps = 1e-4
     est = estimate_llc(problem.model, problem.data, loss_fn=problem.loss_fn, component={"weight": mask},
-                       epsilon=eps, nbeta=NBETA, gamma=GAMMA, chains=4, draws=4000, burn_in=200,
-                       init_loss_batches=1, seed=1)
+                       epsilon=eps, nbeta=NBETA, gamma=GAMMA, chains=4, draws=4000, burn_in=200, seed=1)
     assert est.n_coords == 4
     sgld_target = problem.expected_llc(NBETA, GAMMA, epsilon=eps, coords=coords)
     assert abs(est.mean - sgld_target) < 4 * est.diagnostics["se"]
@@ -69,7 +68,7 @@ QUADRATIC_CURVATURES = {"w1^2": [2.0, 0.0], "w1^2+w2^2": [2.0, 2.0]}
 def test_normal_crossing_potentials(name, nbeta, eps, chains, draws):
     spec = POTENTIALS[name]
     est = estimate_llc(Potential(name), [None], loss_fn=Potential.loss_fn, epsilon=eps, nbeta=nbeta,
-                       gamma=GAMMA, chains=chains, draws=draws, burn_in=draws // 10, init_loss_batches=1, seed=2)
+                       gamma=GAMMA, chains=chains, draws=draws, burn_in=draws // 10, seed=2)
     se = est.diagnostics["se"]
     target = spec.expected(nbeta, GAMMA)  # exact E[nbeta K] at this nbeta, gamma
     if name in QUADRATIC_CURVATURES:

@@ -1,8 +1,8 @@
 """The minibatch stream shared by all chains, and the losses the estimators use.
 
 Every chain sees batch t of the same stream at step t (steps count burn-in
-too), and the initial loss is taken on batches 0..init_loss_batches-1 of that
-stream. The stream caches batches the first time they are read and replays
+too), and the reference loss at w* is taken over the batches of the draws
+(rllc.sampling.llc). The stream caches batches the first time they are read and replays
 them when the data run out, like ``itertools.cycle``: a shuffling DataLoader is
 read once, so its first-epoch order is the order every chain sees (this is
 also what devinterp does).
@@ -48,6 +48,11 @@ class BatchStream:
         if not self._cache:
             raise ValueError("data yielded no batches")
         return self._cache[t % len(self._cache)]
+
+    def index(self, t: int) -> int:
+        """Which distinct batch step t reads (t itself until the data run out, then t modulo their number)."""
+        self.raw(t)
+        return t % len(self._cache)
 
     def __getitem__(self, t: int) -> Any:
         """Batch t after `prepare` (e.g. teacher targets); the last one is kept for the chains of a step."""

@@ -59,7 +59,7 @@ from rllc.models.components import HEAD_PARAMS, _HEAD
 from rllc.sampling.data import BatchStream, next_token_loss, tokens_of
 from rllc.sampling.diagnostics import ChainDivergedError
 from rllc.sampling.kernel import chain_seed
-from rllc.sampling.llc import LLCEstimate, _assemble, _check_finite_weights, _init_loss
+from rllc.sampling.llc import LLCEstimate, _assemble, _check_finite_weights, reference_losses
 from rllc.sampling.llc import estimate_llc as _estimate_llc
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
@@ -357,9 +357,8 @@ def estimate_llc_sweep(
     chains: int = 4,
     draws: int = 200,
     burn_in: int = 0,
-    init_loss_batches: int = 16,
     seed: int = 0,
-    paired: bool = False,
+    paired: bool = True,
     weight_decay: float = 0.0,
     bounding_box: float | None = None,
     chain_seeds: Sequence[int] | None = None,
@@ -398,17 +397,16 @@ def estimate_llc_sweep(
         raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
     reason = unsupported_reason(model, comps) if fast is not False else "fast=False"
     hyper_kw = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains, draws=draws, burn_in=burn_in,
-                    init_loss_batches=init_loss_batches, seed=seed, paired=paired, weight_decay=weight_decay,
+                    seed=seed, paired=paired, weight_decay=weight_decay,
                     bounding_box=bounding_box, chain_seeds=chain_seeds, max_loss_increase=max_loss_increase)
     if reason is not None:
         if fast is True:
             raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
         return {str(c): _estimate_llc(model, data, component=c, fast=False, **hyper_kw) for c in comps}
 
-    if chains < 1 or draws < 1 or burn_in < 0 or init_loss_batches < 1 or pair_chunk < 1:
-        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, init_loss_batches >= 1, pair_chunk >= 1; "
-                         f"got chains={chains}, draws={draws}, burn_in={burn_in}, "
-                         f"init_loss_batches={init_loss_batches}, pair_chunk={pair_chunk}")
+    if chains < 1 or draws < 1 or burn_in < 0 or pair_chunk < 1:
+        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, pair_chunk >= 1; "
+                         f"got chains={chains}, draws={draws}, burn_in={burn_in}, pair_chunk={pair_chunk}")
     if epsilon <= 0 or nbeta <= 0 or gamma < 0 or weight_decay < 0:
         raise ValueError(f"need epsilon > 0, nbeta > 0, gamma >= 0, weight_decay >= 0; got "
                          f"epsilon={epsilon}, nbeta={nbeta}, gamma={gamma}, weight_decay={weight_decay}")
@@ -426,7 +424,7 @@ def estimate_llc_sweep(
         for p in model.parameters():
             p.requires_grad_(False)  # frozen: autograd never builds gradients for them
         run_kw = dict(epsilon=float(epsilon), nbeta=float(nbeta), gamma=float(gamma), chains=chains,
-                      burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                      burn_in=burn_in, seed=seed, paired=paired,
                       weight_decay=float(weight_decay), bounding_box=bounding_box,
                       max_loss_increase=max_loss_increase, pair_chunk=pair_chunk)
         low, check = None, None
@@ -476,12 +474,14 @@ def _check_bf16(model, data, comps, seeds, pilot_draws, run_kw) -> dict[str, Any
     return check
 
 
-def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, burn_in, init_loss_batches, seed,
+def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, burn_in, seed,
          paired, weight_decay, bounding_box, max_loss_increase, pair_chunk, low=None) -> dict[str, LLCEstimate]:
     cfg = model.cfg
     stream = BatchStream(data)
     start = time.perf_counter()
-    init_loss = _init_loss(model, next_token_loss, stream, init_loss_batches)
+    steps = burn_in + draws
+    ref = reference_losses(model, next_token_loss, stream, steps)  # L_{B_t}(w*), see rllc.sampling.llc
+    init_loss = float(ref[burn_in:].mean())
     increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
     max_loss = init_loss + increase
 
@@ -497,11 +497,9 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
     dtype = model.unembed.W_U.dtype
 
     workspace = _Workspace()
-    steps = burn_in + draws
     losses = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     sq_dist = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
-    ref = np.full(steps, np.nan)
     eps, sqrt_eps = epsilon, epsilon ** 0.5
 
     chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
@@ -510,8 +508,6 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
         tokens = tokens_of(batch)
         with torch.no_grad():
             cache = _Cache(model, tokens, last_heads, workspace)
-            if paired:
-                ref[t] = float(next_token_loss(model, batch))
             # One full-shape draw per parameter per chain, in model parameter order (the kernel's contract).
             noise = [[torch.randn(shape, generator=g, dtype=dtype, device=g.device) for shape in shapes]
                      for g in generators]
@@ -566,7 +562,7 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
             for k in range(group.n_pairs):
                 if not math.isfinite(fwd_np[k]):
                     _diverged(group, k, t, "the gradient or the weights became NaN/Inf", epsilon, gamma, nbeta)
-            potential = (nbeta * (step_loss - (ref[t] if paired else 0.0)) + 0.5 * gamma * dist_np
+            potential = (nbeta * (step_loss - ref[t]) + 0.5 * gamma * dist_np
                          + 0.5 * weight_decay * norm_sq.numpy())
             if group.w_prev is not None:
                 log_accept[layer][:, t] = (-(potential - group.potential_prev)
@@ -579,8 +575,8 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
 
     n_coords = sum(int(np.prod(s[1:])) for s in shapes)
     hyper = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay, bounding_box=bounding_box,
-                 chains=chains, draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed,
-                 paired=paired, data_refinement="data")
+                 chains=chains, draws=draws, burn_in=burn_in, seed=seed, paired=paired, reference="draws",
+                 data_refinement="data")
     out: dict[str, LLCEstimate] = {}
     share = seconds / len(comps)
     for c in comps:

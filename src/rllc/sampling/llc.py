@@ -5,9 +5,22 @@
 
 w_t are SGLD draws from the localized tempered posterior restricted to a
 component (see kernel.py), B_t the minibatch of step t (shared by all
-chains), L_init the mean loss at w* over the first `init_loss_batches`
-batches. The loss of draw t is the one computed for the gradient of step t,
+chains). The loss of draw t is the one computed for the gradient of step t,
 at the weights before that step, so draw 0 is w* itself when burn_in = 0.
+
+The reference loss. ``L_init = mean_t L_{B_t}(w*)`` over exactly the draws'
+batches (t = burn_in .. burn_in + draws - 1, each batch weighted by how often
+the cycling stream hands it to a draw). Any other reference biases the
+standard estimator by ``nbeta * (mean loss at w* over the draws' batches -
+the reference)``: with ~n/log n for nbeta that is several units (a singular
+regression with lambda = 6 gave -4.8 with a reference over the first 16 of
+20 batches; see docs/llc.md). With this reference both estimators have the
+same mean; they differ in their per-draw values, and so in their standard
+error and R-hat. The paired one (the default) removes the batch-to-batch
+variation of the loss at w*, which cancels exactly in the mean, so its
+standard error is the honest one; the standard one's overstates the error.
+Each distinct batch's loss at w* is computed once (one forward pass), so
+both cost the same.
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ class LLCEstimate:
             **self.hyperparameters,
             "rhat": d["rhat"],
             "ess": d["ess"],
+            "ess_tail": d["ess_tail"],
             "mala_accept": d["mala_accept"],
             "distance_max": float(np.max(d["distance_max"])),
             "seconds": d["seconds"],
@@ -80,9 +94,8 @@ def estimate_llc(
     chains: int = 4,
     draws: int = 200,
     burn_in: int = 0,
-    init_loss_batches: int = 16,
     seed: int = 0,
-    paired: bool = False,
+    paired: bool = True,
     teacher: nn.Module | None = None,
     weight_decay: float = 0.0,
     bounding_box: float | None = None,
@@ -98,8 +111,10 @@ def estimate_llc(
         teacher's next-token distribution on the batches' contexts (a custom
         loss_fn with a teacher receives (tokens, teacher_log_probs) batches).
     component: which coordinates move (see rllc.models.components); None: all.
-    paired: report nbeta * mean(L_B(w_t) - L_B(w*)) (one extra forward per
-        step, shared by the chains); both estimators are in .diagnostics.
+    paired: report the paired estimator nbeta * mean_t(L_{B_t}(w_t) - L_{B_t}(w*))
+        (default) rather than the standard one; both have the same mean (the
+        reference loss is over the draws' own batches, see the module
+        docstring) and both are in .diagnostics; they differ in standard error.
     chain_seeds: explicit generator seeds per chain (default chain_seed(seed, c)).
     max_loss_increase: a draw whose loss exceeds L_init by more than this
         raises ChainDivergedError (default 10 * max(1, |L_init|)).
@@ -123,14 +138,14 @@ def estimate_llc(
         if reason is None:
             return fast_mod.estimate_llc_sweep(
                 model, data, components=[component], epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
-                draws=draws, burn_in=burn_in, init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                draws=draws, burn_in=burn_in, seed=seed, paired=paired,
                 weight_decay=weight_decay, bounding_box=bounding_box, chain_seeds=chain_seeds,
                 max_loss_increase=max_loss_increase, fast=True)[component.strip()]
         if fast is True:
             raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
-    if chains < 1 or draws < 1 or burn_in < 0 or init_loss_batches < 1:
-        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, init_loss_batches >= 1; got "
-                         f"chains={chains}, draws={draws}, burn_in={burn_in}, init_loss_batches={init_loss_batches}")
+    if chains < 1 or draws < 1 or burn_in < 0:
+        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0; got "
+                         f"chains={chains}, draws={draws}, burn_in={burn_in}")
     comp = resolve_component(model, component)
     if loss_fn is None:
         loss_fn = teacher_loss if teacher is not None else next_token_loss
@@ -141,22 +156,20 @@ def estimate_llc(
     _check_finite_weights(model)
 
     start = time.perf_counter()
-    init_loss = _init_loss(model, loss_fn, stream, init_loss_batches)
+    steps = burn_in + draws
+    ref = reference_losses(model, loss_fn, stream, steps)
+    init_loss = float(ref[burn_in:].mean())
     increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
     kernel = ProjectedSGLD(model, comp, loss_fn, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chain_seeds=seeds,
                            weight_decay=weight_decay, bounding_box=bounding_box, max_loss=init_loss + increase)
-    steps = burn_in + draws
     losses = np.empty((chains, steps))
     sq_dist = np.empty((chains, steps))
     log_accept = np.full((chains, steps), np.nan)
-    ref = np.full(steps, np.nan)
     with kernel:
         for t in range(steps):
             batch = stream[t]
-            if paired:
-                ref[t] = kernel.loss_at_w_star(batch)
             for c in range(chains):
-                info = kernel.step(c, batch, loss_offset=ref[t] if paired else 0.0)
+                info = kernel.step(c, batch, loss_offset=ref[t])
                 losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
     seconds = time.perf_counter() - start
 
@@ -165,7 +178,7 @@ def estimate_llc(
                      n_distinct=stream.n_distinct, seconds=seconds, component=comp.name, n_coords=comp.n_coords,
                      hyper=dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay,
                                 bounding_box=bounding_box, chains=chains, draws=draws, burn_in=burn_in,
-                                init_loss_batches=init_loss_batches, seed=seed, paired=paired,
+                                seed=seed, paired=paired, reference="draws",
                                 data_refinement="teacher" if teacher is not None else "data"))
 
 
@@ -193,30 +206,33 @@ def _assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray
         "seconds_per_step": seconds / ((steps_done or steps) * chains),
     }
     diagnostics["mala_accept"] = float(np.mean(diagnostics["mala_accept_per_chain"]))
-    chosen = standard
-    if paired:
-        diagnostics["paired"] = chosen = _summarize(nbeta * (trace - ref[None, burn_in:]))
-        diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
-    diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], se=chosen["se"])
+    diagnostics["paired"] = paired_summary = _summarize(nbeta * (trace - ref[None, burn_in:]))
+    diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
+    chosen = paired_summary if paired else standard
+    diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], ess_tail=chosen["ess_tail"], se=chosen["se"],
+                       burn_in=burn_in)
     return LLCEstimate(mean=chosen["mean"], std=chosen["std"], per_chain=chosen["per_chain"], loss_trace=trace,
                        init_loss=init_loss, component=component, n_coords=n_coords, hyperparameters=hyper,
                        diagnostics=diagnostics)
 
 
 def _summarize(draw_values: np.ndarray) -> dict[str, Any]:
-    """Estimate and spreads from per-draw values nbeta*(L - reference), [chains, draws]."""
+    """Estimate, spreads and ArviZ diagnostics from per-draw values nbeta*(L - reference), [chains, draws].
+
+    `se` is the Monte Carlo standard error of the mean of all draws (arviz-stats' MCSE, which accounts
+    for autocorrelation within chains and differences between them).
+    """
     per_chain = draw_values.mean(axis=1)
     summary = trace_summary(draw_values)
-    n_eff = summary["ess"]
-    draw_std = float(draw_values.std(ddof=1)) if draw_values.size > 1 else math.nan
     return {
         "mean": float(per_chain.mean()),
         "std": float(per_chain.std(ddof=1)) if per_chain.size > 1 else math.nan,
         "per_chain": per_chain,
-        "se": draw_std / math.sqrt(n_eff) if n_eff == n_eff and n_eff > 0 else math.nan,
-        "draw_std": draw_std,
+        "se": summary["mcse"],
+        "draw_std": float(draw_values.std(ddof=1)) if draw_values.size > 1 else math.nan,
         "rhat": summary["rhat"],
-        "ess": n_eff,
+        "ess": summary["ess_bulk"],
+        "ess_tail": summary["ess_tail"],
     }
 
 
@@ -227,12 +243,17 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _init_loss(model: nn.Module, loss_fn: LossFn, stream: BatchStream, n_batches: int) -> float:
-    total = 0.0
-    for i in range(n_batches):
-        value = float(loss_fn(model, stream[i]))
-        if not math.isfinite(value):
-            raise ValueError(f"the loss at w* on batch {i} is {value} although data and weights are finite; "
-                             "check loss_fn")
-        total += value
-    return total / n_batches
+def reference_losses(model: nn.Module, loss_fn: LossFn, stream: BatchStream, steps: int) -> np.ndarray:
+    """L_{B_t}(w*) for t = 0..steps-1: one forward pass per distinct batch, repeated as the stream cycles."""
+    by_batch: dict[int, float] = {}
+    out = np.empty(steps)
+    for t in range(steps):
+        i = stream.index(t)
+        if i not in by_batch:
+            value = float(loss_fn(model, stream[t]))
+            if not math.isfinite(value):
+                raise ValueError(f"the loss at w* on batch {i} is {value} although data and weights are finite; "
+                                 "check loss_fn")
+            by_batch[i] = value
+        out[t] = by_batch[i]
+    return out

@@ -139,3 +139,77 @@ def quadratic_sgld_expectation(nbeta: float, gamma: float, epsilon: float, curva
     c = np.asarray(curvatures, dtype=float)
     a = nbeta * c + gamma
     return float(0.5 * np.sum(nbeta * c / (a * (1 - epsilon * a / 4))))
+
+
+# --- reduced-rank regression (a singular model) ------------------------------------------------
+
+
+def aoyagi_lambda(m: int, n: int, h: int, r: int) -> float:
+    """Learning coefficient of reduced-rank regression y = B A x (A: h x m, B: n x h) at a true map of rank r.
+
+    Aoyagi & Watanabe (2005), "Stochastic complexities of reduced rank regression in Bayesian
+    estimation", Neural Networks 18(7), Main Theorem: four cases by the dimensions.
+    """
+    if not 0 <= r <= h:
+        raise ValueError(f"the true rank r={r} must lie in 0..h={h}")
+    if m + h < n + r:
+        return (h * m - h * r + n * r) / 2
+    if n + h < m + r:
+        return (h * n - h * r + m * r) / 2
+    if m + n < h + r:
+        return m * n / 2
+    num = 2 * (h + r) * (m + n) - (m - n) ** 2 - (h + r) ** 2
+    return (num + ((m + h + n + r) % 2)) / 8
+
+
+class ReducedRankModel(nn.Module):
+    """y = B A x without biases (A: hidden x inputs, B: outputs x hidden), float64."""
+
+    def __init__(self, m: int, n: int, h: int):
+        super().__init__()
+        self.A = nn.Linear(m, h, bias=False).double()
+        self.B = nn.Linear(h, n, bias=False).double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.B(self.A(x))
+
+
+@dataclass
+class ReducedRankRegression:
+    """Reduced-rank regression at the empirical minimizer of rank h, and its learning coefficient."""
+
+    model: ReducedRankModel
+    data: list[tuple[Tensor, Tensor]]
+    lam: float
+
+    @staticmethod
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return 0.5 * ((model(x) - y) ** 2).sum(-1).mean()
+
+
+def make_reduced_rank_regression(m: int = 4, n: int = 4, h: int = 2, n_samples: int = 2000, n_batches: int = 20,
+                                 noise: float = 1.0, seed: int = 0) -> ReducedRankRegression:
+    """Data from a true map of rank h (singular values 1..3 x noise scale), model at the least-squares rank-h fit.
+
+    The rank-h fit minimizes the loss over all the data (the union of the minibatches): ordinary least
+    squares projected onto the top-h right singular vectors of the fitted values, split into balanced
+    factors A, B. lambda is Aoyagi's for (m, n, h, r=h).
+    """
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(generator=g, dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(m, h, **f64))[0]
+    v = torch.linalg.qr(torch.randn(n, h, **f64))[0]
+    true_map = u @ torch.diag(torch.linspace(1.0, 3.0, h, dtype=torch.float64)) @ v.T  # x @ true_map, [m, n]
+    x = torch.randn(n_samples, m, **f64)
+    y = x @ true_map + noise * torch.randn(n_samples, n, **f64)
+    ols = torch.linalg.lstsq(x, y).solution
+    vh = torch.linalg.svd(x @ ols, full_matrices=False)[2][:h]
+    fit = ols @ vh.T @ vh  # rank h
+    p, d, qt = torch.linalg.svd(fit, full_matrices=False)
+    model = ReducedRankModel(m, n, h)
+    with torch.no_grad():
+        model.A.weight.copy_((p[:, :h] * d[:h].sqrt()).T)  # A x = (x @ A^T)
+        model.B.weight.copy_((d[:h].sqrt()[:, None] * qt[:h]).T)
+    data = list(zip(x.chunk(n_batches), y.chunk(n_batches)))
+    return ReducedRankRegression(model, data, aoyagi_lambda(m, n, h, h))
