@@ -2,6 +2,13 @@
 
 A spec is one of
 
+* ``train``: the distribution the series was trained on (rllc format only):
+  contexts from the training split of the same (mixed) corpora or ``.npy``
+  arrays, tokenised with the run's tokenizer.json, with the same synthetic
+  injection (``inject`` kinds and fractions) applied per batch, exactly as
+  `rllc train` builds its batches (see `TrainingDistribution`). The default
+  for an rllc series: a wrLLC measured on it is the plain (not data-refined)
+  refined LLC;
 * ``prose``, ``code``: the built-in corpora, tokenised with the series' tokenizer;
 * a ``.txt`` file, a directory of them or a ``.jsonl`` file: tokenised the same way;
 * a ``.npy`` token array (ids already);
@@ -19,7 +26,9 @@ checkpoint or estimator asks: every checkpoint is measured on the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +38,7 @@ import torch
 from rllc.data import (
     BUILTIN_CORPORA,
     DataError,
+    Injector,
     TokenDataset,
     dyck_batch,
     induction_batch,
@@ -42,6 +52,8 @@ from rllc.models.checkpoints import CheckpointSeries, load_checkpoints, read_jso
 from rllc.models.config import ModelConfig
 from rllc.runs.options import RunError, derive_seed
 
+TRAIN = "train"
+TRAIN_VERSION = "v1"  # bump when TrainingDistribution.batches changes what it draws
 SYNTHETIC = {"random": "random", "random_tokens": "random", "repeated": "repeated", "repeated_random": "repeated",
              "induction": "induction", "dyck": "dyck"}
 SELF = "self"
@@ -61,12 +73,37 @@ class Teacher:
 
 
 @dataclass
+class TrainingDistribution:
+    """Batches drawn as `rllc train` draws its training batches.
+
+    Batch ``i`` for seed ``s`` is ``Injector(inject, vocab_size, s, tokenizer)(tokens.batch_at(i, batch_size,
+    seed=s), i)``: the batch a training run with seed ``s`` saw at step ``i``, i.e. the training code's own
+    sampler (uniform offsets into the train split) and injection (exactly ``round(fraction * batch_size)``
+    rows per kind), at the estimator's batch size. It is a pure function of ``(s, i)``, so batch ``i`` does
+    not depend on how many batches are asked for.
+    """
+
+    tokens: TokenDataset  # the train split, as build_datasets makes it
+    inject: dict[str, float]
+    vocab_size: int
+    tokenizer: object | None = None  # only key_retrieval injection reads it
+
+    def injector(self, seed: int) -> Injector:
+        return Injector(self.inject, self.vocab_size, seed, self.tokenizer)
+
+    def batches(self, n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        inject = self.injector(seed)
+        return [inject(self.tokens.batch_at(i, batch_size, seed=seed), i) for i in range(n)]
+
+
+@dataclass
 class Dataset:
     name: str  # the `dataset` column
     spec: str  # as the user wrote it
     fingerprint: str  # what the tokens are (content, tokenizer, generator): part of config_hash
     description: str
-    source: TokenDataset | str | None  # token contexts, a synthetic kind, or None for `self`
+    source: TokenDataset | TrainingDistribution | str | None  # token contexts, the training distribution,
+    # a synthetic kind, or None for `self`
     cfg: ModelConfig
     batch_size: int
     seed: int
@@ -82,6 +119,8 @@ class Dataset:
         if self.source is None:
             raise RunError(f"dataset {self.name!r} samples from the model and has no fixed batches")
         data_seed = derive_seed("data", self.seed, self.data_name or self.name)
+        if isinstance(self.source, TrainingDistribution):
+            return torch.stack(self.source.batches(n, self.batch_size, data_seed))
         if isinstance(self.source, TokenDataset):
             return torch.stack(self.source.fixed_batches(n, self.batch_size, seed=data_seed))
         return torch.stack([synthetic_batch(self.source, self.cfg, self.batch_size, derive_seed(data_seed, i))
@@ -112,6 +151,8 @@ def resolve_dataset(spec: str, series: CheckpointSeries, *, batch_size: int, see
         return Dataset(SELF, spec, "self:v1", "sequences sampled from the model at each checkpoint", None, **common)
     if spec.startswith(TEACHER_PREFIX):
         return resolve_teacher(spec, series, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
+    if spec == TRAIN:
+        return resolve_train(series, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
     if spec in SYNTHETIC:
         kind = SYNTHETIC[spec]
         synthetic_batch(kind, cfg, 1, 0)  # fails now, not in a task, if the model cannot hold it
@@ -122,8 +163,8 @@ def resolve_dataset(spec: str, series: CheckpointSeries, *, batch_size: int, see
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise RunError(f"{path}: dataset file not found; pass prose, code, random, repeated, induction, dyck, "
-                           "teacher:SOURCE@BASE, self, or an existing .txt/.jsonl/.npy file or .txt directory")
+            raise RunError(f"{path}: dataset file not found; pass train, prose, code, random, repeated, induction, "
+                           "dyck, teacher:SOURCE@BASE, self, or an existing .txt/.jsonl/.npy file or .txt directory")
         name = path.name
         if path.suffix.lower() == ".npy":
             try:
@@ -189,11 +230,108 @@ def resolve_teacher(spec: str, series: CheckpointSeries, *, batch_size: int, see
                    base.cfg, batch_size, seed, teacher, data_name=base.data_name or base.name)
 
 
+def train_record(series: CheckpointSeries) -> dict | None:
+    """An rllc series' config.json when it records its TrainConfig (a ``train`` section), else None."""
+    if series.format != "rllc":
+        return None
+    record = read_json(series.path / "config.json")
+    return record if isinstance(record.get("train"), dict) else None
+
+
+def resolve_train(series: CheckpointSeries, *, batch_size: int, seed: int,
+                  cache_dir: str | Path | None = None) -> Dataset:
+    """The ``train`` spec: the distribution the series was trained on, rebuilt from its config.json.
+
+    The token source is what `rllc.train.build_datasets` makes for the recorded TrainConfig (the train
+    split of the same mixed, capped corpora, tokenised with the run's own tokenizer.json, or the same
+    ``.npy`` arrays); batches are drawn and injected as training draws them (`TrainingDistribution`),
+    from a seed derived from `seed`. Never trains a tokenizer: a text run without tokenizer.json is an error.
+    """
+    from rllc.train import TrainConfig, build_datasets
+
+    hint = ("pass --datasets (e.g. prose,code, a .txt/.jsonl/.npy file, or random, repeated, induction, dyck); "
+            "estimates on them are data-refined")
+    record = train_record(series)
+    if record is None:
+        what = (f"a {series.format} checkpoint directory" if series.format != "rllc"
+                else "an rllc run without a training record")
+        raise RunError(f"{series.path}: {what}: its training distribution is unknown, so dataset 'train' is not "
+                       f"available; {hint}")
+    try:
+        tcfg = TrainConfig.from_dict(record["train"])
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{series.path / 'config.json'}: cannot read its training config ({e}); {hint}") from None
+    data_meta = record.get("data") if isinstance(record.get("data"), dict) else {}
+    npy = all(str(s).lower().endswith(".npy") for s in tcfg.data)
+    if not npy and series.tokenizer_path is None:
+        raise RunError(f"{series.path}: no tokenizer.json, so its training text cannot be tokenised as in training; "
+                       f"{hint}")
+    tcfg = dataclasses.replace(tcfg, data=located_sources(tcfg.data, data_meta))
+    try:
+        tokenizer, train_ds, _, meta = build_datasets(tcfg, series.path, Path(cache_dir) if cache_dir else None)
+    except (DataError, ValueError, OSError) as e:
+        raise RunError(f"{series.path}: cannot rebuild its training data ({e}); {hint}") from None
+    recorded = data_meta.get("content_hash")
+    if recorded and recorded != meta.get("content_hash"):
+        raise RunError(f"{series.path}: the training data rebuilt now (content hash {meta.get('content_hash')}) differ "
+                       f"from those the run recorded ({recorded}): a source changed since training; {hint}")
+    cfg = series.config
+    if tcfg.model.get("n_ctx") != cfg.n_ctx or tcfg.vocab_size != cfg.d_vocab:
+        raise RunError(f"{series.path}: config.json's training config (n_ctx {tcfg.model.get('n_ctx')}, vocab "
+                       f"{tcfg.vocab_size}) disagrees with its model (n_ctx {cfg.n_ctx}, vocab {cfg.d_vocab})")
+    source = TrainingDistribution(train_ds, dict(tcfg.inject), tcfg.vocab_size, tokenizer)
+    try:
+        source.batches(1, batch_size, 0)  # fails now, not in a task (e.g. fractions that round past batch_size)
+    except DataError as e:
+        raise RunError(f"dataset 'train' at batch size {batch_size}: {e}") from None
+    tok_hash = hashlib.sha256(tokenizer.to_str().encode()).hexdigest() if tokenizer is not None else None
+    content = meta.get("content_hash") or hashlib.sha256(np.ascontiguousarray(train_ds.tokens)).hexdigest()
+    key = dict(content=content, tokenizer=tok_hash, inject=source.inject, eval_fraction=tcfg.eval_fraction,
+               n_ctx=cfg.n_ctx, vocab_size=tcfg.vocab_size)
+    fingerprint = f"{TRAIN}:{TRAIN_VERSION}:" + hashlib.sha256(
+        json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Dataset(TRAIN, TRAIN, fingerprint, train_description(series, tcfg, train_ds), source,
+                   cfg=cfg, batch_size=batch_size, seed=seed)
+
+
+def located_sources(sources: list[str], data_meta: dict) -> list[str]:
+    """The recorded training sources, a file that is not where it was named (a path relative to where
+    training ran) replaced by the absolute path the run recorded for it, when that exists."""
+    recorded: list = []
+    if isinstance(data_meta.get("source"), list):  # .npy runs: one resolved path per source
+        recorded = data_meta["source"]
+    elif len(sources) == 1:
+        recorded = [data_meta.get("source")]
+    elif isinstance(data_meta.get("parts"), list):  # mixed corpora: each part's meta
+        recorded = [p.get("source") if isinstance(p, dict) else None for p in data_meta["parts"]]
+    out = []
+    for i, s in enumerate(sources):
+        alt = recorded[i] if i < len(recorded) else None
+        if s not in BUILTIN_CORPORA and not Path(s).expanduser().exists() and isinstance(alt, str) \
+                and Path(alt).exists():
+            s = alt
+        out.append(s)
+    return out
+
+
+def train_description(series: CheckpointSeries, tcfg, train_ds: TokenDataset) -> str:
+    kinds = ", ".join(f"{k} {v:g}" for k, v in tcfg.inject.items() if v)
+    inject = f"inject {kinds}" if kinds else "no injection"
+    cap = f" (first {tcfg.max_chars:,} chars per source)" if tcfg.max_chars else ""
+    return (f"training distribution of {series.path}: {train_ds.name}{cap}, {inject}; "
+            f"train split, {len(train_ds):,} tokens")
+
+
 def default_datasets(series: CheckpointSeries) -> list[str]:
-    """The built-in corpora a series was trained on (rllc format), so `rllc estimate DIR` needs no --datasets."""
-    config = series.path / "config.json"
-    sources = read_json(config).get("train", {}).get("data") if series.format == "rllc" else None
-    if sources and all(s in BUILTIN_CORPORA for s in sources):
-        return list(sources)
+    """What `rllc estimate DIR` measures on without --datasets: ``["train"]`` for an rllc series.
+
+    ``train`` is the distribution the series was trained on (its corpora, tokenizer and injected
+    structure; see `resolve_train`). (Weight-)refined LLCs are defined on that distribution; an
+    estimate on any other dataset (one corpus of a mix, another corpus, a synthetic probe, a teacher)
+    is data-refined (drLLC, or wdrLLC for a component) and must be read as such. Other formats record
+    no training data, so they need --datasets.
+    """
+    if train_record(series) is not None:
+        return [TRAIN]
     raise RunError(f"{series.path}: cannot tell which data to estimate on; pass --datasets "
                    "(e.g. prose,code, a .txt/.jsonl/.npy file, or random, repeated, induction, dyck)")
