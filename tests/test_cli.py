@@ -60,10 +60,10 @@ def test_toml_options_are_overridden_by_flags(tmp_path):
     from rllc.runs.options import ESTIMATE_DEFAULTS, RunError, merge_options
 
     cfg = tmp_path / "run.toml"
-    cfg.write_text('draws = 50\nchains = 3\ndatasets = ["prose", "code"]\ninit-loss-batches = 4\n')
+    cfg.write_text('draws = 50\nchains = 3\ndatasets = ["prose", "code"]\nburn-in = 4\n')
     args = build_parser().parse_args(["estimate", "ckpts", "--config", str(cfg), "--draws", "20", "--paired"])
     opts = merge_options(ESTIMATE_DEFAULTS, series_options(args, ESTIMATE_DEFAULTS))
-    assert (opts["draws"], opts["chains"], opts["init_loss_batches"], opts["paired"]) == (20, 3, 4, True)
+    assert (opts["draws"], opts["chains"], opts["burn_in"], opts["paired"]) == (20, 3, 4, True)
     assert opts["datasets"] == ["prose", "code"] and opts["epsilon"] == ESTIMATE_DEFAULTS["epsilon"]
     args = build_parser().parse_args(["estimate", "ckpts", "--components", "heads, 1:6+1:7"])
     assert merge_options(ESTIMATE_DEFAULTS, series_options(args, ESTIMATE_DEFAULTS))["components"] == \

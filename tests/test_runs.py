@@ -24,7 +24,7 @@ from rllc.train import preset, train
 
 INTERFACE = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread", "config_hash",
              "seconds", "diagnostics"]
-SMALL = dict(datasets=["random"], chains=2, draws=8, batch_size=4, init_loss_batches=2, quiet=True, threads=1)
+SMALL = dict(datasets=["random"], chains=2, draws=8, batch_size=4, quiet=True, threads=1)
 SAME = ["step", "checkpoint", "kind", "signal", "component", "variant", "dataset", "value", "spread", "config_hash"]
 
 
@@ -64,7 +64,7 @@ def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
     seed = json.loads(row["diagnostics"])["seed"]
     model = rllc.load_checkpoints(series)[45]
     batches = list(resolve_dataset("random", rllc.load_checkpoints(series), batch_size=4, seed=0).batches(8))
-    again = estimate_llc_sweep(model, batches, components=["1:2"], chains=2, draws=8, init_loss_batches=2, seed=seed)
+    again = estimate_llc_sweep(model, batches, components=["1:2"], chains=2, draws=8, seed=seed)
     assert again["1:2"].mean == pytest.approx(row["value"], rel=1e-5)
     trace = load_trace(run, row["checkpoint"], "1:2", "random", row["config_hash"])
     assert trace.shape == (2, 8)
@@ -101,7 +101,7 @@ def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
 
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(series, tmp_path):
-    (tmp_path / "sgld.toml").write_text("chains = 2\ndraws = 25\nbatch-size = 4\ninit_loss_batches = 2\n")
+    (tmp_path / "sgld.toml").write_text("chains = 2\ndraws = 25\nbatch-size = 4\n")
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "rllc.cli", "estimate", str(series), "--out", str(run), "--datasets", "random",
            "--config", str(tmp_path / "sgld.toml"), "--threads", "1", "--quiet"]
@@ -136,7 +136,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(series, tmp_path):
     assert log.count("skip (finished)") == n_before and log.count("done llc") == 10
 
     reference = tmp_path / "uninterrupted"
-    run_estimate(series, reference, datasets=["random"], chains=2, draws=25, batch_size=4, init_loss_batches=2,
+    run_estimate(series, reference, datasets=["random"], chains=2, draws=25, batch_size=4,
                  quiet=True, threads=1)
     pd.testing.assert_frame_equal(stable(resumed), stable(load_results(reference)))
 

@@ -71,6 +71,8 @@ def run_series(args: argparse.Namespace, run, defaults: dict) -> int:
         print(f"{summary.planned} tasks: {summary.skipped} already finished, {summary.done} computed, "
               f"{summary.failed} failed, in {summary.seconds:.1f} s; results in {summary.run_dir} "
               f"(rllc.load_results, rllc export)", file=sys.stderr)
+        for line in summary.convergence_lines():  # R-hat of the run's LLC estimates, and what to change
+            print(line, file=sys.stderr)
     if summary.failed:
         print(f"rllc {args.command}: {summary.failed} task(s) failed (see {summary.run_dir}/run.log); "
               "rerun the same command to retry them", file=sys.stderr)
@@ -131,7 +133,9 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--datasets", metavar="LIST",
                    help="comma-separated: prose, code, random, repeated, induction, dyck, teacher:SOURCE@BASE "
                         "(SOURCE: final, first, a step or a checkpoint dir), self (fim-trace only), or .txt/.jsonl/"
-                        ".npy files (default: the corpora the series was trained on)")
+                        ".npy files, or train: batches built like the series' training batches (corpora mix and "
+                        "injected spans as `rllc train` recorded them). Default: train for a series made by "
+                        "`rllc train` (weight-refined estimates); any other dataset gives data-refined ones")
     p.add_argument("--components", metavar="LIST",
                    help="comma-separated: heads, layers, model, l:h, l:*, layer:l, embed, unembed, or head sets "
                         "like 1:6+1:7 (default: heads)")
@@ -144,12 +148,16 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     g.add_argument("--chains", type=int, help=f"chains per component (default: {d['chains']})")
     g.add_argument("--draws", type=int, help=f"draws per chain (default: {d['draws']})")
     g.add_argument("--burn-in", type=int, help=f"discarded steps per chain (default: {d['burn_in']})")
-    g.add_argument("--init-loss-batches", type=int,
-                   help=f"batches for the loss at w* (default: {d['init_loss_batches']})")
-    g.add_argument("--paired", action="store_true", default=None,
-                   help="report nbeta * mean(L_B(w_t) - L_B(w*)) (the paired estimator)")
+    g.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                   help="report the paired estimator nbeta * mean(L_B(w_t) - L_B(w*)) (default); --no-paired: "
+                        "the standard one. Both take L(w*) over the draws' own batches, so their means agree; "
+                        "the paired one's standard error leaves out batch-to-batch loss variation that cancels")
     g.add_argument("--n-batches", type=int,
-                   help="distinct SGLD batches, cycled (default: burn-in + draws, at least --init-loss-batches)")
+                   help="distinct SGLD batches, cycled (default: burn-in + draws)")
+    g.add_argument("--crn", action=argparse.BooleanOptionalAction, default=None,
+                   help="common random numbers (default): every checkpoint gets the same seeds and batches, so a "
+                        "curve's step-to-step changes are not independent seed noise; --no-crn: a seed per "
+                        "checkpoint")
     g.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: unembedding matmuls of the batched head sampler in bfloat16, validated against "
                         "fp32 on a pilot and refused (recorded in diagnostics) if they disagree (default: fp32)")

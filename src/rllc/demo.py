@@ -40,7 +40,7 @@ DEFAULT_ESTIMATE_CONFIG = "experiments/demo_estimate.toml"
 ESTIMATE_PASSES = (("prose", ["heads", "model"]), ("code", ["heads"]))
 # --quick: a tiny model on both corpora and very short chains; for tests and smoke runs.
 QUICK_TRAIN = dict(data=["prose", "code"])
-QUICK_ESTIMATE = dict(chains=2, draws=8, batch_size=4, init_loss_batches=2, workers=1)
+QUICK_ESTIMATE = dict(chains=2, draws=8, batch_size=4, workers=1)
 QUICK_CLUSTER = dict(algorithms=["kmeans", "ward", "kshape"], ks=range(2, 6))
 QUICK_COMPARE = dict(curves=False)  # no per-signal curve figures: the slowest part of compare
 HISTORY = 20

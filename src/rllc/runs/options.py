@@ -31,8 +31,9 @@ ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     datasets=None,  # None: the series' training sources when it records them
     components=["heads"],
     estimators=["llc"],
-    epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=4, draws=200, burn_in=0, init_loss_batches=16,
-    paired=False, batch_size=32, n_batches=None,  # None: one distinct batch per SGLD step
+    epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=4, draws=200, burn_in=0,
+    paired=True, batch_size=32, n_batches=None,  # None: one distinct batch per SGLD step
+    crn=True,  # common random numbers: every checkpoint gets the same seeds (and batches), see plan.py
     probes=30, trace_estimator="hutch++", curvature_batches=4,
     fim_method="analytic", fim_seqs=16,
     rank_threshold=0.01, rank_degree=60, rank_probes=10,
@@ -45,6 +46,11 @@ PROBE_DEFAULTS: dict[str, Any] = dict(
 )
 # Options that say how to run, not what to compute: never part of a hash.
 EXECUTION_OPTIONS = ("steps", "every", "workers", "ray", "threads", "quiet")
+# Options that no longer exist, with what to do instead (a TOML or call that still names them gets this).
+REMOVED_OPTIONS = {
+    "init_loss_batches": "the reference loss L(w*) is now the mean over the draws' own batches, which cannot bias "
+                         "the estimate (docs/llc.md, 'The reference loss'); delete the key",
+}
 LIST_OPTIONS = ("datasets", "components", "estimators")
 
 
@@ -60,6 +66,8 @@ def read_toml(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name in REMOVED_OPTIONS:
+            raise RunError(f"{path}: option {key!r} was removed: {REMOVED_OPTIONS[name]}")
         if name not in defaults:
             valid = ", ".join(sorted(k.replace("_", "-") for k in defaults))
             raise RunError(f"{path}: unknown option {key!r}; valid keys: {valid}")
@@ -72,6 +80,8 @@ def merge_options(defaults: dict[str, Any], *layers: dict[str, Any]) -> dict[str
     opts = dict(defaults)
     for layer in layers:
         for key, value in layer.items():
+            if key in REMOVED_OPTIONS:
+                raise RunError(f"option {key!r} was removed: {REMOVED_OPTIONS[key]}")
             if key not in defaults:
                 raise RunError(f"unknown option {key!r}; valid: {sorted(defaults)}")
             if value is not None:
@@ -96,7 +106,7 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
         raise RunError(f"--trace-estimator must be one of {TRACE_ESTIMATORS}, got {opts['trace_estimator']!r}")
     if opts["fim_method"] not in FIM_METHODS:
         raise RunError(f"--fim-method must be one of {FIM_METHODS}, got {opts['fim_method']!r}")
-    positive = ("chains", "draws", "init_loss_batches", "batch_size", "curvature_batches", "fim_seqs",
+    positive = ("chains", "draws", "batch_size", "curvature_batches", "fim_seqs",
                 "rank_degree", "rank_probes", "probes")
     for key in positive:
         if not isinstance(opts[key], int) or opts[key] < 1:
@@ -123,10 +133,10 @@ def validate_execution_options(opts: dict[str, Any]) -> None:
 
 
 def llc_batches(opts: dict[str, Any]) -> int:
-    """Distinct SGLD batches: --n-batches, else one per step (and enough for the initial loss); they cycle."""
+    """Distinct SGLD batches: --n-batches, else one per step; they cycle."""
     if opts.get("n_batches"):
         return int(opts["n_batches"])
-    return max(opts["burn_in"] + opts["draws"], opts["init_loss_batches"])
+    return opts["burn_in"] + opts["draws"]
 
 
 def batches_needed(estimator: str, opts: dict[str, Any]) -> int:
@@ -144,7 +154,10 @@ def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: 
     data = dict(batch_size=opts["batch_size"], dataset_fingerprint=dataset_fingerprint)
     if estimator == "llc":
         data["n_batches"] = llc_batches(opts)
-        keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "init_loss_batches", "paired", "precision")
+        # The reference loss over the draws' batches is part of the key: rows from before it (a reference over
+        # the first init_loss_batches batches) were biased and are never reused for the same settings.
+        data["reference"] = "draws"
+        keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "paired", "precision")
     elif estimator == "hessian-trace":
         keys = ("probes", "trace_estimator", "curvature_batches")
     elif estimator == "fim-trace":
@@ -155,7 +168,8 @@ def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: 
         keys = ()
     else:
         raise RunError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
-    return {"estimator": estimator, "seed": opts["seed"], **data, **{k: opts[k] for k in keys}}
+    return {"estimator": estimator, "seed": opts["seed"], "crn": bool(opts.get("crn", True)), **data,
+            **{k: opts[k] for k in keys}}
 
 
 def canonical(value: Any) -> Any:

@@ -2,9 +2,14 @@
 
 One task is one checkpoint x one estimator x one dataset x one hyperparameter
 set, over all of its components, so the fast path can batch every head of a
-checkpoint in one sampler. Its seed is derived from (config_hash, checkpoint):
-the same task draws the same numbers whatever the order, the backend or the
-number of interruptions.
+checkpoint in one sampler. Its seed is derived from its config_hash alone by
+default (common random numbers, option ``crn``): every checkpoint of a series
+gets the same chain seeds, Hutchinson probes and minibatch sequence for a given
+(dataset, settings), so the step-to-step differences of a curve are not
+independent seed noise (docs/llc.md measures how much this removes). With
+``crn = false`` the seed is derived from (config_hash, checkpoint) instead.
+Either way the same task draws the same numbers whatever the order, the
+backend or the number of interruptions.
 """
 
 from __future__ import annotations
@@ -134,8 +139,8 @@ def plan_estimates(series: CheckpointSeries, steps: list[int], datasets: list[Da
             n = 0 if ds.is_self else batches_needed(estimator, opts)
             for step in steps:
                 name = series.files[step].name
-                tasks.append(Task("estimate", estimator, step, name, ds.name, h, params,
-                                  derive_seed(h, name), n, list(components)))
+                seed = derive_seed(h) if params["crn"] else derive_seed(h, name)
+                tasks.append(Task("estimate", estimator, step, name, ds.name, h, params, seed, n, list(components)))
     return tasks, notes
 
 

@@ -94,7 +94,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
 
     p = task.params
     hyper = dict(epsilon=p["epsilon"], nbeta=p["nbeta"], gamma=p["gamma"], chains=p["chains"], draws=p["draws"],
-                 burn_in=p["burn_in"], init_loss_batches=p["init_loss_batches"], paired=p["paired"], seed=task.seed)
+                 burn_in=p["burn_in"], paired=p["paired"], seed=task.seed)
     heads = [c for c in task.components if is_single_head(c)] if teacher is None else []
     estimates, notes = {}, {}
     if heads:
@@ -117,7 +117,8 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
     for label in task.components:
         est = estimates[label]
         d = est.diagnostics
-        diag = dict(per_chain=est.per_chain, std=est.std, se=d["se"], rhat=d["rhat"], ess=d["ess"],
+        diag = dict(per_chain=est.per_chain, std=est.std, se=d["se"], mcse=d["se"], rhat=d["rhat"], ess=d["ess"],
+                    ess_bulk=d["ess"], ess_tail=d["ess_tail"], burn_in=d["burn_in"], paired=p["paired"],
                     init_loss=est.init_loss, n_coords=est.n_coords, estimator=d["estimator"],
                     mala_accept=d["mala_accept"], distance_max=d["distance_max"],
                     seconds_per_step=d["seconds_per_step"], n_distinct_batches=d["n_distinct_batches"],
