@@ -87,6 +87,47 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return run_series(args, run_estimate, ESTIMATE_DEFAULTS)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from rllc.models.checkpoints import CheckpointError, load_checkpoints
+    from rllc.runs.calibrate import DEFAULT_CELLS, DEFAULT_GAMMAS, calibrate_series, verdict, write_calibration
+    from rllc.runs.datasets import default_datasets, resolve_dataset
+    from rllc.runs.options import RunError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        series = load_checkpoints(args.checkpoint_dir)
+        dataset = args.dataset or default_datasets(series)[0]
+        ds = resolve_dataset(dataset, series, batch_size=args.batch_size, seed=args.seed)
+        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+        for s in steps or ():
+            if s not in series:
+                raise RunError(f"--steps: step {s} is not in {series.path}")
+        eps = [float(x) for x in args.epsilons.split(",")] if args.epsilons else [c[0] for c in DEFAULT_CELLS]
+        nbetas = [float(x) for x in args.nbetas.split(",")] if args.nbetas else [c[1] for c in DEFAULT_CELLS]
+        if len(eps) != len(nbetas):
+            raise RunError("--epsilons and --nbetas pair up: give as many of each")
+        gammas = [float(x) for x in args.gammas.split(",")] if args.gammas else list(DEFAULT_GAMMAS)
+    except (CheckpointError, RunError, ValueError) as e:
+        print(f"rllc calibrate: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / series.path.resolve().name / "calibration"
+    print(f"calibrating on {ds.description}; {len(eps) * len(gammas)} cells, {args.chains} chains x {args.draws} "
+          f"steps, batch {args.batch_size}", file=sys.stderr)
+    table, choice, traces = calibrate_series(series, ds, steps=steps, cells=list(zip(eps, nbetas)), gammas=gammas,
+                                             chains=args.chains, draws=args.draws, budget_s=args.budget,
+                                             seed=args.seed, progress=lambda m: print(m, file=sys.stderr))
+    command = "rllc calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "rllc calibrate"
+    paths = write_calibration(out, table, choice, traces, series_path=series.path, dataset=ds.name,
+                              batch_size=args.batch_size, chains=args.chains, command=command)
+    print(verdict(choice))
+    print(f"settings: {paths['toml']} (rllc estimate {args.checkpoint_dir} --config {paths['toml']}); "
+          f"evidence: {paths['table']}, {paths['figure']}")
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from rllc.runs import run_probe
     from rllc.runs.options import PROBE_DEFAULTS
@@ -217,6 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_series_arguments(p, ESTIMATE_DEFAULTS)
     add_estimate_arguments(p, ESTIMATE_DEFAULTS)
     p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("calibrate", help="choose SGLD settings for per-head wrLLCs on this series (a TOML for "
+                                         "rllc estimate --config, with its evidence)",
+                       description="Sweeps (epsilon, nbeta) pairs x gammas with all heads at once at the first, a "
+                                   "middle and the last checkpoint; rejects settings whose chains diverge, drift, "
+                                   "fail R-hat, have poor MALA acceptance, give negative heads, cannot tell heads "
+                                   "apart from seed noise, or exceed the time budget; tests gamma halved and "
+                                   "doubled; writes calibration.toml/.csv/.png and verdict.txt (docs/llc.md).")
+    p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/NAME-OF-CKPT_DIR/calibration, which "
+                                                "`rllc report` of that run shows)")
+    p.add_argument("--dataset", help="dataset spec as in rllc estimate (default: train, the training distribution)")
+    p.add_argument("--steps", help="comma-separated checkpoint steps (default: first, middle, last)")
+    p.add_argument("--epsilons", help="comma-separated step sizes, paired with --nbetas "
+                                      "(default: 1e-3,3e-4,3e-4,1e-4,1e-4)")
+    p.add_argument("--nbetas", help="comma-separated nbetas, paired with --epsilons (default: 30,100,300,300,1000)")
+    p.add_argument("--gammas", help="comma-separated gammas, each also tested halved and doubled (default: 100,200)")
+    p.add_argument("--chains", type=int, default=2, help="chains (default: 2)")
+    p.add_argument("--draws", type=int, default=64, help="SGLD steps per chain, burn-in included (default: 64)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
+    p.add_argument("--budget", type=float, default=10.0, help="most seconds per all-heads estimate (default: 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("probe", help="behaviour signals over a checkpoint series into the same results store",
                        description="Head scores, selectivity, participation ratio, ablations, path patching, "

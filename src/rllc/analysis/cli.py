@@ -218,7 +218,8 @@ def cmd_report(args) -> int:
     path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
                         cluster_options=cluster_options, compare_keys=args.compare_signals,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
-                        notes=notes, findings=not args.no_findings, timings=timings)
+                        notes=notes, findings=not args.no_findings, timings=timings,
+                        calibration=calib if (calib := Path(args.run_dir) / "calibration").is_dir() else None)
     print(path)
     return 0
 

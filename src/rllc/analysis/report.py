@@ -252,6 +252,21 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
+def calibration_section(folder: Path) -> str:
+    """The verdict and loss-trace figure `rllc calibrate` wrote into `folder` (RUN_DIR/calibration)."""
+    body = []
+    verdict = folder / "verdict.txt"
+    if verdict.exists():
+        body.append(f"<p>{_esc(verdict.read_text().strip())}</p>")
+    toml = folder / "calibration.toml"
+    if toml.exists():
+        body.append(f"<pre>{_esc(toml.read_text())}</pre>")
+    if (folder / "calibration.png").exists():
+        body.append(embed_png(folder / "calibration.png", "Pooled loss traces per setting at the calibration "
+                                                          "checkpoints; the chosen one bold, its burn-in dotted."))
+    return _section("calibration", "Calibration", "".join(body))
+
+
 def findings_section(findings: StudyFindings) -> str:
     """The findings as a small table with PASS / FAIL / reported / missing badges; each finding's
     per-head numbers in a collapsed block below."""
@@ -286,6 +301,7 @@ def render_report(
     notes: Sequence[str] = (),
     primary_algorithm: str | None = None,
     findings: StudyFindings | None = None,
+    calibration: str | Path | None = None,
 ) -> str:
     """The HTML text of the report (figures read from the writers' files and embedded); `findings`
     (rllc.analysis.findings.study_findings) become the first section when given."""
@@ -334,6 +350,8 @@ def render_report(
     else:
         body = f'<p class="ok">All estimates healthy.</p><p class="note">{line}</p>'
     parts.append(_section("diagnostics", "Diagnostics", body + convergence_html(table)))
+    if calibration is not None:
+        parts.append(calibration_section(Path(calibration)))
 
     # stages
     if comparison is not None:
@@ -454,6 +472,7 @@ def build_report(
     cluster: tuple[list[ClusterResult], Written] | None = None,
     comparison: tuple[CompareResult, Written] | None = None,
     precomputed: bool = False,
+    calibration: str | Path | None = None,
 ) -> Path:
     """Run the clustering and the comparison on a results table, write their
     tables and figures under `out`/cluster and `out`/compare, and the page
@@ -466,7 +485,8 @@ def build_report(
     its inputs; a `StudyFindings` is shown as it is; False leaves them out.
     With ``precomputed=True`` the given `cluster` / `comparison` (the
     writers' results, None for a part that was skipped) are used instead of
-    running them again."""
+    running them again. `calibration`: the folder `rllc calibrate` wrote (its verdict, settings and
+    loss-trace figure become a section)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = annotate(df)
@@ -498,7 +518,7 @@ def build_report(
         else:
             shown.to_json(out / "findings.json")
     page = render_report(table, config, title=title, cluster=cluster, comparison=comparison, rhat_max=rhat_max,
-                         ess_min=ess_min, notes=notes, findings=shown)
+                         ess_min=ess_min, notes=notes, findings=shown, calibration=calibration)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

@@ -1,0 +1,113 @@
+"""`rllc calibrate`: the checks on synthetic chains, and the whole command on a tiny series."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllc.cli import main
+from rllc.models.checkpoints import load_checkpoints
+from rllc.runs import load_results
+from rllc.runs.calibrate import HeadRun, choose_burn_in, judge_cell, summarize, verdict
+from rllc.train import preset, train
+
+
+def chains(level, rng, n_chains=4, n_draws=40, rise=3.0, noise=0.05):
+    """Per-draw values rising from 0 to `level` with time constant `rise`, plus white noise."""
+    t = np.arange(n_draws)
+    return level * (1 - np.exp(-t / rise))[None, :] + noise * rng.standard_normal((n_chains, n_draws))
+
+
+def run(levels, rng, **kw):
+    return HeadRun({f"0:{i}": chains(v, rng, **kw) for i, v in enumerate(levels)}, mala=0.8, seconds=1.0)
+
+
+def test_burn_in_is_read_from_the_traces():
+    rng = np.random.default_rng(0)
+    values = run([1.0, 2.0, 3.0], rng, noise=0.0).values
+    # 1 - exp(-t/3) >= 0.8 first at t = 5 (the second half's level is ~1).
+    assert choose_burn_in(values) == 5
+    flat = {"0:0": np.ones((2, 20))}
+    assert choose_burn_in(flat) == 0
+
+
+def test_checks_pass_on_clean_chains_and_catch_each_failure():
+    rng = np.random.default_rng(1)
+    levels = np.linspace(0.5, 2.0, 8)
+    good = {"base": run(levels, rng), "seed2": run(levels, rng), "gamma/2": run(levels * 1.05, rng),
+            "gamma*2": run(levels * 0.95, rng)}
+    out = judge_cell(good, 8, trained=True, budget_s=10)
+    assert not any(out[c] for c in ("not_flat", "rhat", "mala", "negative", "snr", "gamma_sensitive", "cost")), out
+    assert out["snr_value"] > 4 and out["gamma_worst_change"] == pytest.approx(0.05, abs=0.03)
+
+    halved = dict(good, **{"gamma/2": run(levels * 2.0, rng)})  # the localization sets the value
+    assert judge_cell(halved, 8, trained=True, budget_s=10)["gamma_sensitive"]
+    negative = dict(good, base=run(np.r_[levels[:-1], -1.0], rng))
+    assert judge_cell(negative, 8, trained=True, budget_s=10)["negative"]
+    noisy = dict(good, base=run(levels, rng, noise=3.0), seed2=run(levels, rng, noise=3.0))
+    assert judge_cell(noisy, 8, trained=True, budget_s=10)["snr"]
+    drifting = dict(good, base=HeadRun({k: v + np.linspace(0, 3, 40) for k, v in good["base"].values.items()},
+                                       0.8, 1.0))
+    assert judge_cell(drifting, 8, trained=True, budget_s=10)["not_flat"]
+    assert judge_cell(dict(good, base=HeadRun(good["base"].values, 0.2, 1.0)), 8, trained=True, budget_s=10)["mala"]
+    slow = {k: HeadRun(r.values, 0.8, 11.0) for k, r in good.items()}
+    assert judge_cell(slow, 8, trained=True, budget_s=10)["cost"]
+    one_slow_run = dict(good, base=HeadRun(good["base"].values, 0.8, 11.0))  # jitter: the median decides
+    assert not judge_cell(one_slow_run, 8, trained=True, budget_s=10)["cost"]
+    # At the untrained first checkpoint only divergence and cost count.
+    first = judge_cell({"base": drifting["base"]}, 8, trained=False, budget_s=10)
+    assert not first["not_flat"] and not first["negative"]
+
+
+def test_summarize_drops_the_burn_in():
+    values = {"0:0": np.c_[np.zeros((2, 5)), np.ones((2, 20))]}
+    assert summarize(values, 5).loc["0:0", "value"] == pytest.approx(1.0)
+    assert summarize(values, 0).loc["0:0", "value"] == pytest.approx(20 / 25)
+
+
+def test_verdict_says_when_values_are_localization_dominated():
+    base = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0, gamma_worst_change=0.9, failures=["gamma_sensitive at step 5"])
+    assert "LOCALIZATION-DOMINATED" in verdict(dict(base, passed=False, localization_dominated=True))
+    assert "NO CELL PASSES" in verdict(dict(base, passed=False, localization_dominated=False))
+    assert "passes every check" in verdict(dict(base, passed=True, localization_dominated=False,
+                                                gamma_worst_change=0.1))
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    out = tmp_path_factory.mktemp("series")
+    train(preset("tiny", n_steps=30, max_chars=60_000, schedule="linear:4",
+                 inject={"repeated_random": 0.5}), out, progress=False)
+    return out
+
+
+def test_rllc_calibrate_writes_settings_that_rllc_estimate_takes(series, tmp_path, capsys):
+    out = tmp_path / "calibration"
+    code = main(["calibrate", str(series), "--out", str(out), "--epsilons", "1e-3", "--nbetas", "30",
+                 "--gammas", "200", "--chains", "2", "--draws", "12", "--batch-size", "4", "--budget", "60",
+                 "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "calibrating on training distribution" in printed.err
+    table = pd.read_csv(out / "calibration.csv")
+    steps = load_checkpoints(series).steps
+    assert sorted(table["step"]) == sorted({steps[0], steps[len(steps) // 2], steps[-1]})  # first, middle, last
+    assert table.loc[table["step"] != steps[0], "snr_value"].notna().all()
+    assert (out / "calibration.png").stat().st_size > 1000 and (out / "verdict.txt").read_text().strip()
+    toml = (out / "calibration.toml").read_text()
+    assert 'datasets = ["train"]' in toml and "epsilon = 0.001" in toml and "burn-in" in toml
+    code = main(["estimate", str(series), "--out", str(tmp_path / "run"), "--config", str(out / "calibration.toml"),
+                 "--steps", str(steps[-1]), "--quiet", "--threads", "1"])
+    assert code == 0
+    df = load_results(tmp_path / "run")
+    assert set(df["dataset"]) == {"train"} and len(df) == 8
+
+
+def test_report_shows_the_calibration(tmp_path):
+    from rllc.analysis.report import calibration_section
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    (folder / "verdict.txt").write_text("values are LOCALIZATION-DOMINATED\n")
+    (folder / "calibration.toml").write_text("epsilon = 0.001\n")
+    html = calibration_section(folder)
+    assert "LOCALIZATION-DOMINATED" in html and "epsilon = 0.001" in html and 'id="calibration"' in html
