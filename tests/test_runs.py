@@ -261,3 +261,27 @@ def test_clear_errors(series, tmp_path, capsys):
                                                  str(tmp_path / "bad.toml")], capsys)
     assert not (tmp_path / "run" / "results.sqlite").exists()  # nothing started: every check ran first
     assert "no results store" in error_of(["export", str(tmp_path / "nowhere")], capsys)
+
+
+def test_common_random_numbers_give_every_checkpoint_the_same_seed(series):
+    from rllc.models.checkpoints import load_checkpoints
+    from rllc.runs.options import ESTIMATE_DEFAULTS, merge_options
+    from rllc.runs.plan import plan_estimates
+
+    s = load_checkpoints(series)
+    ds = resolve_dataset("random", s, batch_size=4, seed=0)
+    crn, _ = plan_estimates(s, s.steps, [ds], merge_options(ESTIMATE_DEFAULTS, {}), ["0:0"])
+    assert len({t.seed for t in crn}) == 1 and len(crn) == len(s.steps)
+    own, _ = plan_estimates(s, s.steps, [ds], merge_options(ESTIMATE_DEFAULTS, {"crn": False}), ["0:0"])
+    assert len({t.seed for t in own}) == len(s.steps)
+    assert own[0].config_hash != crn[0].config_hash  # different numbers, never the same key
+
+
+def test_removed_init_loss_batches_is_a_clear_error(tmp_path):
+    from rllc.runs.options import ESTIMATE_DEFAULTS, RunError, merge_options, read_toml
+
+    (tmp_path / "old.toml").write_text("draws = 10\ninit-loss-batches = 16\n")
+    with pytest.raises(RunError, match="init-loss-batches' was removed: the reference loss"):
+        read_toml(tmp_path / "old.toml", ESTIMATE_DEFAULTS)
+    with pytest.raises(RunError, match="was removed"):
+        merge_options(ESTIMATE_DEFAULTS, {"init_loss_batches": 4})

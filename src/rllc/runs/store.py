@@ -297,14 +297,17 @@ def rhat_summary(df: pd.DataFrame) -> dict[str, int]:
     Returns ``n`` (LLC rows), ``over_1_01`` and ``over_1_1`` (rows whose R-hat, ``rhat`` in the
     row's diagnostics JSON, exceeds 1.01 / 1.1; the second are among the first) and ``unknown``
     (rows without a finite R-hat: the key missing or null, as the store writes NaN and Inf, or the
-    diagnostics unreadable). ``diagnostics`` may hold JSON text (as stored) or dicts."""
+    diagnostics unreadable), and ``not_critical`` (rows flagged because the gradient at w* on their
+    data is larger than minibatch noise explains: ``critical_point`` false, see
+    rllc.sampling.stationarity). ``diagnostics`` may hold JSON text (as stored) or dicts."""
     llc = df[df["signal"] == "llc"] if "signal" in df.columns else df.iloc[:0]
-    counts = dict(n=len(llc), over_1_01=0, over_1_1=0, unknown=0)
+    counts = dict(n=len(llc), over_1_01=0, over_1_1=0, unknown=0, not_critical=0)
     for raw in llc["diagnostics"] if "diagnostics" in llc.columns else [None] * len(llc):
         try:
             d = json.loads(raw) if isinstance(raw, str) else raw
+            counts["not_critical"] += int(d.get("critical_point") is False)
             value = float(d["rhat"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             value = float("nan")
         if not np.isfinite(value):
             counts["unknown"] += 1
@@ -325,8 +328,12 @@ def rhat_summary_lines(counts: dict[str, int]) -> list[str]:
         line += f"; {counts['unknown']} have no R-hat (e.g. too few draws, or a constant trace)"
     lines = [line + "."]
     if counts["over_1_1"]:
-        lines.append("Their chains have not converged: try more draws or burn-in (--draws, --burn-in), or an "
-                     "--epsilon from the calibration plateau (rllc.sampling.calibrate; docs/llc.md, Calibration).")
+        lines.append("Their chains have not converged: try more draws or burn-in (--draws, --burn-in), or settings "
+                     "from `rllc calibrate CKPT_DIR` (docs/llc.md, Calibration).")
+    if counts.get("not_critical"):
+        lines.append(f"{counts['not_critical']} of {counts['n']} LLC estimates are at a w* that is not a critical "
+                     "point of their data's loss (gradient norm > 3x its minibatch noise): data-refined values, or "
+                     "a checkpoint mid-descent; they can be biased low or negative (docs/llc.md, 'Critical points').")
     return lines
 
 

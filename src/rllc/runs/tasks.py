@@ -113,6 +113,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
         notes[label] = [str(w.message) for w in caught]
         if p["precision"] == "bf16":
             notes[label].append("bf16 applies to the batched single-head path only; this component ran in fp32")
+    critical = critical_point_check(model, data, task.components, teacher)
     rows, traces = [], {}
     for label in task.components:
         est = estimates[label]
@@ -123,7 +124,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
                     mala_accept=d["mala_accept"], distance_max=d["distance_max"],
                     seconds_per_step=d["seconds_per_step"], n_distinct_batches=d["n_distinct_batches"],
                     fast_path=bool(d.get("fast_path", False)), compute_dtype=d.get("compute_dtype", "fp32"),
-                    seed=task.seed, warnings=notes[label])
+                    seed=task.seed, warnings=notes[label], **critical[label])
         if d.get("bf16_check"):
             check = d["bf16_check"]
             diag["bf16_check"] = dict(accepted=check["accepted"], worst_head=check["worst_head"],
@@ -133,6 +134,35 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
         if "loss_at_w_star_trace" in d:
             traces[f"{label}|loss_at_w_star"] = np.asarray(d["loss_at_w_star_trace"], dtype=np.float32)
     return rows, traces
+
+
+GRADIENT_CHECK_BATCHES = 16  # batches of the task's data for the gradient at w* (one forward/backward each)
+GRADIENT_SNR_LIMIT = 3.0  # |mean gradient| above this many standard errors: w* is not a critical point
+
+
+def critical_point_check(model: Transformer, data: list[torch.Tensor], labels: list[str],
+                         teacher: Transformer | None) -> dict[str, dict[str, Any]]:
+    """Per component: the gradient norm at w* on the first batches of the task's data, relative to its
+    minibatch noise (rllc.sampling.stationarity), and whether w* passes as a critical point."""
+    from rllc.sampling.data import TeacherTargets, teacher_loss
+    from rllc.sampling.stationarity import gradient_check
+
+    batches = data[:GRADIENT_CHECK_BATCHES]
+    loss_fn = None
+    if teacher is not None:
+        prepare = TeacherTargets(teacher)
+        batches, loss_fn = [prepare(b) for b in batches], teacher_loss
+    checks = list(gradient_check(model, batches, [component_spec(label) for label in labels], loss_fn=loss_fn).values())
+    if len(checks) != len(labels):  # two labels that resolve to one name: check them one by one
+        checks = [next(iter(gradient_check(model, batches, [component_spec(label)], loss_fn=loss_fn).values()))
+                  for label in labels]
+    out = {}
+    for label, check in zip(labels, checks):
+        snr = check["snr"]
+        out[label] = dict(grad_norm=check["grad_norm"], grad_noise_se=check["noise_se"], grad_snr=snr,
+                          grad_batches=check["n_batches"],
+                          critical_point=bool(snr <= GRADIENT_SNR_LIMIT) if snr == snr else None)
+    return out
 
 
 def curvature_rows(task: Task, model: Transformer, data: list[torch.Tensor] | None, teacher: Transformer | None):
