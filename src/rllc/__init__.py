@@ -19,6 +19,7 @@ _EXPORTS = {
     "heads": "rllc.models.components",
     "estimate_llc": "rllc.sampling",
     "calibrate": "rllc.sampling",
+    "calibrate_heads": "rllc.runs.calibrate",
     "LLCEstimate": "rllc.sampling",
     "ChainDivergedError": "rllc.sampling",
     "NonFiniteDataError": "rllc.sampling",

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nbetas", help="comma-separated nbetas, paired with --epsilons (default: 30,100,300,300,1000)")
     p.add_argument("--gammas", help="comma-separated gammas, each also tested halved and doubled (default: 100,200)")
     p.add_argument("--chains", type=int, default=2, help="chains (default: 2)")
-    p.add_argument("--draws", type=int, default=64, help="SGLD steps per chain, burn-in included (default: 64)")
+    p.add_argument("--draws", type=int, default=72, help="SGLD steps per chain, burn-in included (default: 72)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
     p.add_argument("--budget", type=float, default=10.0, help="most seconds per all-heads estimate (default: 10)")
     p.add_argument("--seed", type=int, default=0)
