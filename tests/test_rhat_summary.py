@@ -24,7 +24,8 @@ LLC_RHAT = [1.0, 1.005, 1.01, 1.02, 1.05, 1.2, 3.0, None, "missing"]
 def diagnostics(rhat) -> str:
     if rhat == "missing":
         return json.dumps({"ess": 100.0})
-    return json.dumps({"rhat": rhat, "ess": 100.0})
+    # The row with R-hat 3.0 is also at a w* that is not a critical point of its data.
+    return json.dumps({"rhat": rhat, "ess": 100.0, "critical_point": rhat != 3.0})
 
 
 def results_table() -> pd.DataFrame:
@@ -39,20 +40,22 @@ def results_table() -> pd.DataFrame:
 
 
 def test_rhat_summary_counts_llc_rows_and_keeps_unknown_apart():
-    assert rhat_summary(results_table()) == dict(n=10, over_1_01=4, over_1_1=2, unknown=3)
+    assert rhat_summary(results_table()) == dict(n=10, over_1_01=4, over_1_1=2, unknown=3, not_critical=1)
     as_dicts = results_table().iloc[:9].assign(diagnostics=[json.loads(diagnostics(r)) for r in LLC_RHAT])
-    assert rhat_summary(as_dicts) == dict(n=9, over_1_01=4, over_1_1=2, unknown=2)
+    assert rhat_summary(as_dicts) == dict(n=9, over_1_01=4, over_1_1=2, unknown=2, not_critical=1)
     nan_row = pd.DataFrame([dict(signal="llc", diagnostics={"rhat": float("nan")})])
-    assert rhat_summary(nan_row) == dict(n=1, over_1_01=0, over_1_1=0, unknown=1)
+    assert rhat_summary(nan_row) == dict(n=1, over_1_01=0, over_1_1=0, unknown=1, not_critical=0)
     assert rhat_summary(results_table()[lambda d: d.signal != "llc"]) == dict(n=0, over_1_01=0, over_1_1=0,
-                                                                              unknown=0)
+                                                                              unknown=0, not_critical=0)
 
 
 def test_rhat_summary_lines():
     bad = rhat_summary_lines(dict(n=10, over_1_01=4, over_1_1=2, unknown=4))
     assert bad[0].startswith("2 of 10 LLC estimates have R-hat > 1.1 (4 > 1.01); 4 have no R-hat")
-    assert len(bad) == 2 and "--draws" in bad[1] and "--burn-in" in bad[1] and "--epsilon" in bad[1]
+    assert len(bad) == 2 and "--draws" in bad[1] and "--burn-in" in bad[1] and "rllc calibrate" in bad[1]
     assert "docs/llc.md" in bad[1]
+    flagged = rhat_summary_lines(dict(n=10, over_1_01=0, over_1_1=0, unknown=0, not_critical=3))
+    assert len(flagged) == 2 and flagged[1].startswith("3 of 10 LLC estimates are at a w* that is not a critical")
     fine = rhat_summary_lines(dict(n=5, over_1_01=1, over_1_1=0, unknown=0))
     assert fine == ["0 of 5 LLC estimates have R-hat > 1.1 (1 > 1.01)."]
     assert rhat_summary_lines(dict(n=0, over_1_01=0, over_1_1=0, unknown=0)) == []
@@ -80,8 +83,8 @@ def test_the_count_covers_the_llc_rows_a_run_asks_for(tmp_path):
         found = store.llc_results(asked)
         assert sorted(zip(found.checkpoint, found.component)) == [
             ("step_0.safetensors", "0:0"), ("step_0.safetensors", "0:1"), ("step_5.safetensors", "0:0")]
-        assert rhat_summary(found) == dict(n=3, over_1_01=2, over_1_1=1, unknown=0)
-        assert rhat_summary(store.llc_results([task(5, ["0:1"])])) == dict(n=1, over_1_01=0, over_1_1=0, unknown=1)
+        assert rhat_summary(found) == dict(n=3, over_1_01=2, over_1_1=1, unknown=0, not_critical=0)
+        assert rhat_summary(store.llc_results([task(5, ["0:1"])])) == dict(n=1, over_1_01=0, over_1_1=0, unknown=1, not_critical=0)
         assert len(store.llc_results([task(0, ["model"], estimator="hessian-trace")])) == 0
     finally:
         store.close()
