@@ -48,7 +48,7 @@ from rllc.curvature.results import CurvatureEstimate, combine_se
 from rllc.curvature.trace import estimate_trace
 from rllc.data import BOS_ID
 from rllc.models.components import ComponentSpec, resolve_component
-from rllc.sampling.data import TeacherTargets, logits_of, teacher_loss, tokens_of
+from rllc.sampling.data import TeacherTargets, check_finite_weights, logits_of, teacher_loss, tokens_of
 
 METHODS = ("analytic", "sampled")
 MIN_ESS_FRACTION = 0.1
@@ -143,6 +143,7 @@ def fisher_operator(model: nn.Module, contexts: FisherContexts | Sequence[Any], 
     """
     if method not in METHODS:
         raise ValueError(f"unknown FIM method {method!r}; use one of {METHODS}")
+    check_finite_weights(model)
     comp = resolve_component(model, component)
     batches = contexts.batches(batch_size) if isinstance(contexts, FisherContexts) else list(contexts)
     diagnostics: dict = {}
@@ -179,6 +180,7 @@ def fim_trace(model: nn.Module, contexts: FisherContexts | Sequence[Any] | None 
     FIM: probe noise and context (and, for "sampled", label) noise together;
     both parts are in the diagnostics.
     """
+    check_finite_weights(model)  # before sampling from the model, which would blame its distribution
     started = time.perf_counter()
     sampled_now = contexts is None
     if sampled_now:

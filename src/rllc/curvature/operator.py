@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from rllc.models.components import Component, ComponentSpec, resolve_component
-from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, next_token_loss, teacher_loss
+from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
 
 
 VECTORIZE_BELOW = 4096  # coordinates
@@ -268,6 +268,7 @@ def hessian_operator(model: nn.Module, data: Iterable, *, component: ComponentSp
         (the same losses as rllc.sampling).
     component: any spec of rllc.models.components ("1:6", "layer:0", None = all).
     """
+    check_finite_weights(model)
     comp = resolve_component(model, component)
     prepare = None
     if teacher is not None:

@@ -96,7 +96,31 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# The type of every option whose default is not None, as the TOML and the Python API must give it.
+NUMBER_OPTIONS = ("epsilon", "nbeta", "gamma", "rank_threshold")
+BOOL_OPTIONS = ("paired", "crn", "quiet")
+
+
+def check_types(opts: dict[str, Any]) -> None:
+    """Wrong types (e.g. epsilon = "fast" in a TOML file) as one-line errors, before any range check."""
+    for key in NUMBER_OPTIONS:
+        value = opts.get(key)
+        if key in opts and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RunError(f"--{key.replace('_', '-')} must be a number, got {value!r} ({type(value).__name__})")
+    for key in BOOL_OPTIONS:
+        if key in opts and opts[key] is not None and not isinstance(opts[key], bool):
+            raise RunError(f"--{key.replace('_', '-')} must be true or false, got {opts[key]!r}")
+    for key in ("seed",):
+        if key in opts and (isinstance(opts[key], bool) or not isinstance(opts[key], int)):
+            raise RunError(f"--{key} must be an integer, got {opts[key]!r}")
+    for key in ("datasets", "components", "estimators"):
+        value = opts.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise RunError(f"--{key} must be a list of names (e.g. {key} = [\"a\", \"b\"] in TOML), got {value!r}")
+
+
 def validate_estimate_options(opts: dict[str, Any]) -> None:
+    check_types(opts)
     unknown = [e for e in opts["estimators"] if e not in ESTIMATORS]
     if unknown or not opts["estimators"]:
         raise RunError(f"unknown estimator(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
@@ -109,8 +133,20 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
     positive = ("chains", "draws", "batch_size", "curvature_batches", "fim_seqs",
                 "rank_degree", "rank_probes", "probes")
     for key in positive:
-        if not isinstance(opts[key], int) or opts[key] < 1:
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
             raise RunError(f"--{key.replace('_', '-')} must be a positive integer, got {opts[key]!r}")
+    # Each estimator's own limits, checked here so that no task starts only to fail.
+    uses_probes = {"hessian-trace", "fim-trace"} & set(opts["estimators"])
+    least = 6 if opts["trace_estimator"] == "hutch++" else 2
+    if uses_probes and opts["probes"] < least:
+        raise RunError(f"--probes must be at least {least} for --trace-estimator {opts['trace_estimator']} "
+                       f"(needed by {', '.join(sorted(uses_probes))}), got {opts['probes']}")
+    if "hessian-rank" in opts["estimators"]:
+        if opts["rank_probes"] < 2 or opts["rank_degree"] < 2:
+            raise RunError(f"--rank-probes and --rank-degree must be at least 2 for hessian-rank, got "
+                           f"{opts['rank_probes']} and {opts['rank_degree']}")
+        if not 0 < opts["rank_threshold"]:
+            raise RunError(f"--rank-threshold must be positive, got {opts['rank_threshold']}")
     if opts["n_batches"] is not None and opts["n_batches"] < 1:
         raise RunError(f"--n-batches must be positive, got {opts['n_batches']}")
     for key in ("epsilon", "nbeta"):

@@ -91,6 +91,13 @@ def check_finite(obj: Any, where: str, path: str = "") -> None:
             check_finite(value, where, f"{path}[{i}]")
 
 
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise ValueError naming the first parameter with NaN or Inf: every estimator refuses such a w* alike."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"parameter {name} of the model contains NaN/Inf at w*: the checkpoint is broken")
+
+
 def tokens_of(batch: Any) -> Tensor:
     """The token ids of a batch: a LongTensor, a dict with 'input_ids', or the first element of a tuple."""
     if isinstance(batch, Tensor):

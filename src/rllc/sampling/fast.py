@@ -56,10 +56,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rllc.models.components import HEAD_PARAMS, _HEAD
-from rllc.sampling.data import BatchStream, next_token_loss, tokens_of
+from rllc.sampling.data import BatchStream, check_finite_weights, next_token_loss, tokens_of
 from rllc.sampling.diagnostics import ChainDivergedError
 from rllc.sampling.kernel import chain_seed
-from rllc.sampling.llc import LLCEstimate, _assemble, _check_finite_weights, reference_losses
+from rllc.sampling.llc import LLCEstimate, _assemble, reference_losses
 from rllc.sampling.llc import estimate_llc as _estimate_llc
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
@@ -415,7 +415,7 @@ def estimate_llc_sweep(
     seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
     if len(seeds) != chains:
         raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
-    _check_finite_weights(model)
+    check_finite_weights(model)
     if compute_dtype not in ("fp32", "bf16"):
         raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
 

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from rllc.models.components import ComponentSpec, resolve_component
-from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, next_token_loss, teacher_loss
+from rllc.sampling.data import (BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss,
+                                teacher_loss)
 from rllc.sampling.diagnostics import trace_summary
 from rllc.sampling.kernel import ProjectedSGLD, chain_seed
 
@@ -153,7 +154,7 @@ def estimate_llc(
     seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
     if len(seeds) != chains:
         raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
-    _check_finite_weights(model)
+    check_finite_weights(model)
 
     start = time.perf_counter()
     steps = burn_in + draws
@@ -234,12 +235,6 @@ def _summarize(draw_values: np.ndarray) -> dict[str, Any]:
         "ess": summary["ess_bulk"],
         "ess_tail": summary["ess_tail"],
     }
-
-
-def _check_finite_weights(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError(f"parameter {name} of the model contains NaN/Inf at w*: the checkpoint is broken")
 
 
 @torch.no_grad()
