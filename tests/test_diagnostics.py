@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rllc.sampling.diagnostics import ess, ess_bulk, ess_tail, mcse_mean, rhat, split_rhat, trace_summary
+from rllc.sampling.diagnostics import ess_bulk, ess_tail, mcse_mean, rhat, trace_summary
 
 
 def ar1(rng, chains, n, r, shift=None):
@@ -106,23 +106,23 @@ def test_degenerate_traces_give_the_documented_values():
         rhat(np.zeros((2, 3, 4)))
 
 
-def test_trace_summary_keys_and_the_older_names():
+def test_trace_summary_keys():
     x = np.random.default_rng(3).standard_normal((2, 100))
     s = trace_summary(x)
     assert {"chain_mean", "chain_std", "rhat", "ess", "ess_bulk", "ess_tail", "mcse"} <= set(s)
     assert s["chain_mean"].shape == s["chain_std"].shape == (2,)
-    assert s["ess"] == s["ess_bulk"] == ess(x) and s["rhat"] == split_rhat(x) and s["mcse"] == mcse_mean(x)
+    assert s["ess"] == s["ess_bulk"] == ess_bulk(x) and s["rhat"] == rhat(x) and s["mcse"] == mcse_mean(x)
 
 
 def test_rhat_and_ess_on_known_processes():
-    """Copied from tests/test_sampling.py (the same checks under the older names)."""
+    """The checks tests/test_sampling.py made of the hand-written diagnostics, on the arviz ones."""
     rng = np.random.default_rng(0)
     iid = rng.standard_normal((4, 2000))
-    assert ess(iid) == pytest.approx(8000, rel=0.1)
-    assert split_rhat(iid) == pytest.approx(1.0, abs=0.01)
+    assert ess_bulk(iid) == pytest.approx(8000, rel=0.1)
+    assert rhat(iid) == pytest.approx(1.0, abs=0.01)
     slow = ar1(rng, 4, 4000, 0.9)
-    assert ess(slow) == pytest.approx(16000 * 0.1 / 1.9, rel=0.25)  # N (1 - r) / (1 + r)
-    assert split_rhat(slow) < 1.05
+    assert ess_bulk(slow) == pytest.approx(16000 * 0.1 / 1.9, rel=0.25)  # N (1 - r) / (1 + r)
+    assert rhat(slow) < 1.05
     apart = ar1(rng, 4, 1000, 0.9, shift=[0, 0, 0, 8])
-    assert split_rhat(apart) > 1.4  # rank-normalized R-hat saturates: 1.505 here (the split R-hat before: 1.91)
-    assert math.isnan(split_rhat(iid[:, :3]))
+    assert rhat(apart) > 1.4  # rank-normalized R-hat saturates: 1.505 here (the split R-hat before: 1.91)
+    assert math.isnan(rhat(iid[:, :3]))

@@ -88,31 +88,27 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Errors in the inputs (checkpoints, dataset, steps, grid) reach main()'s one-line handler."""
     import torch
 
-    from rllc.models.checkpoints import CheckpointError, load_checkpoints
-    from rllc.runs.calibrate import DEFAULT_CELLS, DEFAULT_GAMMAS, calibrate_series, verdict, write_calibration
+    from rllc.models.checkpoints import load_checkpoints
+    from rllc.runs.calibrate import calibrate_series, verdict, write_calibration
     from rllc.runs.datasets import default_datasets, resolve_dataset
-    from rllc.runs.options import RunError
+    from rllc.runs.options import CALIBRATE_DEFAULTS, RunError
+    from rllc.runs.plan import select_steps
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        series = load_checkpoints(args.checkpoint_dir)
-        dataset = args.dataset or default_datasets(series)[0]
-        ds = resolve_dataset(dataset, series, batch_size=args.batch_size, seed=args.seed)
-        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-        for s in steps or ():
-            if s not in series:
-                raise RunError(f"--steps: step {s} is not in {series.path}")
-        eps = [float(x) for x in args.epsilons.split(",")] if args.epsilons else [c[0] for c in DEFAULT_CELLS]
-        nbetas = [float(x) for x in args.nbetas.split(",")] if args.nbetas else [c[1] for c in DEFAULT_CELLS]
-        if len(eps) != len(nbetas):
-            raise RunError("--epsilons and --nbetas pair up: give as many of each")
-        gammas = [float(x) for x in args.gammas.split(",")] if args.gammas else list(DEFAULT_GAMMAS)
-    except (CheckpointError, RunError, ValueError) as e:
-        print(f"rllc calibrate: {e}", file=sys.stderr)
-        return 2
+    series = load_checkpoints(args.checkpoint_dir)
+    ds = resolve_dataset(args.dataset or default_datasets(series)[0], series, batch_size=args.batch_size,
+                         seed=args.seed)
+    steps = select_steps(series, args.steps) if args.steps else None
+    cells = CALIBRATE_DEFAULTS["cells"]
+    eps = [float(x) for x in args.epsilons.split(",")] if args.epsilons else [c[0] for c in cells]
+    nbetas = [float(x) for x in args.nbetas.split(",")] if args.nbetas else [c[1] for c in cells]
+    if len(eps) != len(nbetas):
+        raise RunError("--epsilons and --nbetas pair up: give as many of each")
+    gammas = [float(x) for x in args.gammas.split(",")] if args.gammas else list(CALIBRATE_DEFAULTS["gammas"])
     out = Path(args.out) if args.out else Path("runs") / series.path.resolve().name / "calibration"
     print(f"calibrating on {ds.description}; {len(eps) * len(gammas)} cells, {args.chains} chains x {args.draws} "
           f"steps, batch {args.batch_size}", file=sys.stderr)
@@ -245,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="load every checkpoint to verify it (slower)")
     p.set_defaults(func=cmd_info)
 
-    from rllc.runs.options import ESTIMATE_DEFAULTS, PROBE_DEFAULTS
+    from rllc.runs.options import CALIBRATE_DEFAULTS, ESTIMATE_DEFAULTS, PROBE_DEFAULTS
 
     p = sub.add_parser("estimate", help="rLLCs and curvature over a checkpoint series into a results store "
                                         "(resumable, local or Ray)",
@@ -270,16 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/NAME-OF-CKPT_DIR/calibration, which "
                                                 "`rllc report` of that run shows)")
     p.add_argument("--dataset", help="dataset spec as in rllc estimate (default: train, the training distribution)")
-    p.add_argument("--steps", help="comma-separated checkpoint steps (default: first, middle, last)")
-    p.add_argument("--epsilons", help="comma-separated step sizes, paired with --nbetas "
-                                      "(default: 1e-3,3e-4,3e-4,1e-4,1e-4)")
-    p.add_argument("--nbetas", help="comma-separated nbetas, paired with --epsilons (default: 30,100,300,300,1000)")
-    p.add_argument("--gammas", help="comma-separated gammas, each also tested halved and doubled (default: 100,200)")
-    p.add_argument("--chains", type=int, default=2, help="chains (default: 2)")
-    p.add_argument("--draws", type=int, default=72, help="SGLD steps per chain, burn-in included (default: 72)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
-    p.add_argument("--budget", type=float, default=10.0, help="most seconds per all-heads estimate (default: 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", help="checkpoint steps as in rllc estimate, e.g. 0,3500,6000 or 1000- "
+                                   "(default: first, middle, last)")
+    cal = CALIBRATE_DEFAULTS
+    p.add_argument("--epsilons", help="comma-separated step sizes, paired with --nbetas (default: "
+                                      f"{','.join(f'{e:g}' for e, _ in cal['cells'])})")
+    p.add_argument("--nbetas", help="comma-separated nbetas, paired with --epsilons (default: "
+                                    f"{','.join(f'{n:g}' for _, n in cal['cells'])})")
+    p.add_argument("--gammas", help="comma-separated gammas, each also tested halved and doubled (default: "
+                                    f"{','.join(f'{g:g}' for g in cal['gammas'])})")
+    p.add_argument("--chains", type=int, default=cal["chains"], help=f"chains (default: {cal['chains']})")
+    p.add_argument("--draws", type=int, default=cal["draws"],
+                   help=f"SGLD steps per chain, burn-in included (default: {cal['draws']})")
+    p.add_argument("--batch-size", type=int, default=cal["batch_size"],
+                   help=f"sequences per batch (default: {cal['batch_size']})")
+    p.add_argument("--budget", type=float, default=cal["budget_s"],
+                   help=f"most seconds per all-heads estimate (default: {cal['budget_s']:g})")
+    p.add_argument("--seed", type=int, default=cal["seed"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.set_defaults(func=cmd_calibrate)
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rllc.runs.options import CALIBRATE_DEFAULTS
 from rllc.sampling.diagnostics import ChainDivergedError, mcse_mean, rhat
 
 BURN_IN_LEVEL = 0.8  # burn-in ends where the pooled trace reaches this fraction of its second-half level
@@ -54,9 +55,7 @@ MAX_RHAT = 1.1
 MIN_MALA = 0.5
 MIN_SNR = 4.0
 GAMMA_REL = 0.15
-# The grid: (epsilon, nbeta) pairs with epsilon * nbeta <= 0.1 (the paper's cell first), each at two gammas.
-DEFAULT_CELLS = ((1e-3, 30.0), (3e-4, 100.0), (3e-4, 300.0), (1e-4, 300.0), (1e-4, 1000.0))
-DEFAULT_GAMMAS = (100.0, 200.0)
+D = CALIBRATE_DEFAULTS  # the grid and the run shape, declared once (rllc.runs.options)
 CHECKS = ("diverged", "not_flat", "rhat", "mala", "negative", "snr", "gamma_sensitive", "cost")
 
 
@@ -118,8 +117,8 @@ def judge_cell(runs: dict[str, HeadRun], burn_in: int, *, trained: bool) -> dict
     out["frac_not_flat"] = float(not_flat.mean())
     # R-hat over every estimate of the cell's own gamma (both seeds at trained checkpoints): one seed of 16
     # heads is too few to tell 95 % from 85 %.
-    rhats = np.concatenate([base["rhat"].to_numpy()] + ([summarize(runs["seed2"].values, burn_in)["rhat"].to_numpy()]
-                                                        if "seed2" in runs else []))
+    seed2 = summarize(runs["seed2"].values, burn_in).reindex(base.index) if "seed2" in runs else None
+    rhats = np.concatenate([base["rhat"].to_numpy()] + ([seed2["rhat"].to_numpy()] if seed2 is not None else []))
     out["frac_rhat_ok"] = float(np.mean(rhats <= MAX_RHAT))
     out["mala_accept"] = runs["base"].mala
     if trained:  # at the untrained first checkpoint w* is no minimum: chains may drift; only divergence and cost count
@@ -134,9 +133,8 @@ def judge_cell(runs: dict[str, HeadRun], burn_in: int, *, trained: bool) -> dict
     if not trained:
         return out
     out["negative"] = bool((base["value"] < -base["se"]).any())
-    if "seed2" in runs:
-        other = summarize(runs["seed2"].values, burn_in)["value"].reindex(base.index)
-        pair = np.stack([base["value"].to_numpy(), other.to_numpy()])
+    if seed2 is not None:
+        pair = np.stack([base["value"].to_numpy(), seed2["value"].to_numpy()])
         seed_sd = float(np.mean(np.abs(pair[0] - pair[1]) / math.sqrt(2)))
         head_sd = float(pair.mean(axis=0).std(ddof=1))
         out.update(seed_sd=seed_sd, head_sd=head_sd, snr_value=head_sd / seed_sd if seed_sd > 0 else math.inf)
@@ -161,8 +159,8 @@ def judge_cell(runs: dict[str, HeadRun], burn_in: int, *, trained: bool) -> dict
     return out
 
 
-def calibrate_checkpoint(model, data, *, step: int = 0, trained: bool = True, cells=DEFAULT_CELLS,
-                         gammas=DEFAULT_GAMMAS, chains: int = 2, draws: int = 72, seed: int = 0,
+def calibrate_checkpoint(model, data, *, step: int = 0, trained: bool = True, cells=D["cells"],
+                         gammas=D["gammas"], chains: int = D["chains"], draws: int = D["draws"], seed: int = D["seed"],
                          progress=print) -> tuple[list[dict[str, Any]], dict]:
     """Every cell of the grid on one model (one checkpoint): (rows with every judgement, pooled traces)."""
     rows, traces = [], {}
@@ -205,13 +203,14 @@ def calibrate_heads(model, data, **kwargs) -> tuple[pd.DataFrame, dict[str, Any]
     Keyword arguments as in :func:`calibrate_checkpoint` (cells, gammas, chains, draws, seed, progress),
     and `budget_s`. `rllc calibrate` runs this at several checkpoints of a series (:func:`calibrate_series`).
     """
-    budget_s = kwargs.pop("budget_s", 10.0)
+    budget_s = kwargs.pop("budget_s", D["budget_s"])
     rows, traces = calibrate_checkpoint(model, list(data), trained=True, **kwargs)
     table = judge_cost(pd.DataFrame(rows), budget_s)
-    return table, choose(table, kwargs.get("draws", 72)), traces
+    return table, choose(table, kwargs.get("draws", D["draws"])), traces
 
 
-def calibrate_series(series, dataset, *, steps: list[int] | None = None, draws: int = 72, budget_s: float = 10.0,
+def calibrate_series(series, dataset, *, steps: list[int] | None = None, draws: int = D["draws"],
+                     budget_s: float = D["budget_s"],
                      **kwargs) -> tuple[pd.DataFrame, dict[str, Any], dict]:
     """The grid at `steps` (default: first, middle, last) of a series on a resolved dataset, and the choice.
 

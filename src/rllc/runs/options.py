@@ -41,6 +41,13 @@ ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     steps=None, every=1,
     workers=1, ray=None, threads=None, quiet=False,
 )
+# `rllc calibrate` (rllc.runs.calibrate): (epsilon, nbeta) pairs with epsilon * nbeta <= 0.1, the paper's
+# first, each at every gamma (also tried halved and doubled); chains x steps (burn-in included) at batch_size
+# cost ~7 s per all-heads estimate for the demo model on 2 cores, inside the 10 s budget.
+CALIBRATE_DEFAULTS: dict[str, Any] = dict(
+    cells=((1e-3, 30.0), (3e-4, 100.0), (3e-4, 300.0), (1e-4, 300.0), (1e-4, 1000.0)), gammas=(100.0, 200.0),
+    chains=2, draws=72, batch_size=8, budget_s=10.0, seed=0,
+)
 PROBE_DEFAULTS: dict[str, Any] = dict(
     datasets=[], batch_size=16, seed=0, steps=None, every=1, workers=1, ray=None, threads=None, quiet=False,
 )
@@ -96,7 +103,7 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-# The type of every option whose default is not None, as the TOML and the Python API must give it.
+# Options whose type the range checks below do not already enforce (the integer ones they do).
 NUMBER_OPTIONS = ("epsilon", "nbeta", "gamma", "rank_threshold")
 BOOL_OPTIONS = ("paired", "crn", "quiet")
 
@@ -110,9 +117,8 @@ def check_types(opts: dict[str, Any]) -> None:
     for key in BOOL_OPTIONS:
         if key in opts and opts[key] is not None and not isinstance(opts[key], bool):
             raise RunError(f"--{key.replace('_', '-')} must be true or false, got {opts[key]!r}")
-    for key in ("seed",):
-        if key in opts and (isinstance(opts[key], bool) or not isinstance(opts[key], int)):
-            raise RunError(f"--{key} must be an integer, got {opts[key]!r}")
+    if "seed" in opts and (isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int)):
+        raise RunError(f"--seed must be an integer, got {opts['seed']!r}")
     for key in ("datasets", "components", "estimators"):
         value = opts.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):

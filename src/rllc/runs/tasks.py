@@ -118,8 +118,9 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
     for label in task.components:
         est = estimates[label]
         d = est.diagnostics
-        diag = dict(per_chain=est.per_chain, std=est.std, se=d["se"], mcse=d["se"], rhat=d["rhat"], ess=d["ess"],
-                    ess_bulk=d["ess"], ess_tail=d["ess_tail"], burn_in=d["burn_in"], paired=p["paired"],
+        # se: the MCSE of the mean (arviz-stats); ess: bulk ESS
+        diag = dict(per_chain=est.per_chain, std=est.std, se=d["se"], rhat=d["rhat"], ess=d["ess"],
+                    ess_tail=d["ess_tail"], burn_in=d["burn_in"], paired=p["paired"],
                     init_loss=est.init_loss, n_coords=est.n_coords, estimator=d["estimator"],
                     mala_accept=d["mala_accept"], distance_max=d["distance_max"],
                     seconds_per_step=d["seconds_per_step"], n_distinct_batches=d["n_distinct_batches"],
@@ -131,8 +132,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
                                       worst_ratio=check["worst_ratio"], pilot_draws=check["pilot_draws"])
         rows.append(row(task, label, est.mean, d["se"], d["seconds"], diag))
         traces[label] = est.loss_trace.astype(np.float32)
-        if "loss_at_w_star_trace" in d:
-            traces[f"{label}|loss_at_w_star"] = np.asarray(d["loss_at_w_star_trace"], dtype=np.float32)
+        traces[f"{label}|loss_at_w_star"] = np.asarray(d["loss_at_w_star_trace"], dtype=np.float32)
     return rows, traces
 
 
@@ -152,12 +152,10 @@ def critical_point_check(model: Transformer, data: list[torch.Tensor], labels: l
     if teacher is not None:
         prepare = TeacherTargets(teacher)
         batches, loss_fn = [prepare(b) for b in batches], teacher_loss
-    checks = list(gradient_check(model, batches, [component_spec(label) for label in labels], loss_fn=loss_fn).values())
-    if len(checks) != len(labels):  # two labels that resolve to one name: check them one by one
-        checks = [next(iter(gradient_check(model, batches, [component_spec(label)], loss_fn=loss_fn).values()))
-                  for label in labels]
+    # Components named by their labels (as llc_rows names them), so the checks come back keyed by label.
+    comps = [resolve_component(model, component_spec(label), name=label) for label in labels]
     out = {}
-    for label, check in zip(labels, checks):
+    for label, check in gradient_check(model, batches, comps, loss_fn=loss_fn).items():
         snr = check["snr"]
         out[label] = dict(grad_norm=check["grad_norm"], grad_noise_se=check["noise_se"], grad_snr=snr,
                           grad_batches=check["n_batches"],

@@ -101,45 +101,33 @@ def _rhat_one_chain(x: np.ndarray) -> float:
     return float(np.max([bulk, tail]))  # NaN if either is NaN
 
 
-def rhat(trace: np.ndarray) -> float:
-    """Rank-normalized split R-hat of a [chains, draws] trace (see the module docstring for edge cases)."""
+def _guarded(trace: np.ndarray, compute) -> float:
+    """compute(x) on the [chains, draws] form of `trace`, NaN where it is unusable, arviz's warnings kept in."""
     x = _as_trace(trace)
     if not _usable(x):
         return math.nan
     with _quiet():
-        return _rhat_one_chain(x) if x.shape[0] == 1 else float(array_stats.rhat(x, method="rank"))
+        return float(compute(x))
+
+
+def rhat(trace: np.ndarray) -> float:
+    """Rank-normalized split R-hat of a [chains, draws] trace (see the module docstring for edge cases)."""
+    return _guarded(trace, lambda x: _rhat_one_chain(x) if x.shape[0] == 1 else array_stats.rhat(x, method="rank"))
 
 
 def ess_bulk(trace: np.ndarray) -> float:
     """Bulk effective sample size (all chains together) of a [chains, draws] trace."""
-    x = _as_trace(trace)
-    if not _usable(x):
-        return math.nan
-    with _quiet():
-        return float(array_stats.ess(x, method="bulk"))
+    return _guarded(trace, lambda x: array_stats.ess(x, method="bulk"))
 
 
 def ess_tail(trace: np.ndarray) -> float:
     """Tail effective sample size: the smaller ESS of the 5% and 95% quantile indicators."""
-    x = _as_trace(trace)
-    if not _usable(x):
-        return math.nan
-    with _quiet():
-        return float(array_stats.ess(x, method="tail", prob=TAIL_PROB))
+    return _guarded(trace, lambda x: array_stats.ess(x, method="tail", prob=TAIL_PROB))
 
 
 def mcse_mean(trace: np.ndarray) -> float:
     """Monte Carlo standard error of the mean of all draws of a [chains, draws] trace."""
-    x = _as_trace(trace)
-    if not _usable(x):
-        return math.nan
-    with _quiet():
-        return float(array_stats.mcse(x, method="mean"))
-
-
-# The names before arviz-stats, kept for rllc.sampling's public API and older callers.
-split_rhat = rhat
-ess = ess_bulk
+    return _guarded(trace, lambda x: array_stats.mcse(x, method="mean"))
 
 
 def trace_summary(trace: np.ndarray) -> dict:

@@ -136,19 +136,14 @@ class ProjectedSGLD:
                 self._write(p, i, v)
         self._loaded = chain
 
-    @torch.no_grad()
-    def loss_at_w_star(self, batch: Any) -> float:
-        self.load(None)
-        return float(self.loss_fn(self.model, batch))
-
     # --- one SGLD step -----------------------------------------------------------------
 
     def step(self, chain: int, batch: Any, loss_offset: float = 0.0) -> StepInfo:
         """Advance chain `chain` by one step on `batch`; returns the loss before the step.
 
         `loss_offset` is subtracted from the loss in the MALA potential (the
-        paired estimator passes L_B(w*), which removes most of the
-        batch-to-batch variation from the acceptance ratio).
+        estimator passes L_B(w*), which removes most of the batch-to-batch
+        variation from the acceptance ratio).
         """
         state = self.chains[chain]
         t = state.steps
