@@ -38,7 +38,7 @@ import torch
 
 from rllc.models.checkpoints import load_checkpoints
 from rllc.runs.datasets import resolve_dataset
-from rllc.sampling.fast import estimate_llc_sweep
+from rllc.sampling import estimate_llcs
 
 BEFORE = dict(dataset="prose", epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=2, draws=25, burn_in=0, batch_size=16)
 GAMMA_REL = 0.15
@@ -58,7 +58,7 @@ def estimate(model, data_cache, series, setting, seed, gamma=None):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = estimate_llc_sweep(model, data_cache[key], None, epsilon=setting["epsilon"], nbeta=setting["nbeta"],
+        est = estimate_llcs(model, data_cache[key], None, epsilon=setting["epsilon"], nbeta=setting["nbeta"],
                                  gamma=setting["gamma"] if gamma is None else gamma, chains=setting["chains"],
                                  draws=setting["draws"], burn_in=setting["burn_in"], seed=seed)
     heads = sorted(est)

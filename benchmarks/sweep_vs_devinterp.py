@@ -9,7 +9,8 @@ steps (lr 1e-3, batch 8 x 256) on synthetic induction data (random tokens, each 
 half repeats its first), so the heads are not at a random point.
 
 Hyperparameters for both: eps 1e-3, nbeta 30, gamma 200, 4 chains, batch 8 x 256 tokens, no burn-in,
---draws draws, --init-batches batches for the initial loss, the same batch order (devinterp's
+--draws draws, --init-batches batches for devinterp's initial loss (rllc's reference is over the draws'
+batches), the same batch order (devinterp's
 shuffled DataLoader seeded init_seed, replayed by rllc). rllc runs twice: with devinterp's chain seeds
 (init_seed + c, so each head's chains replay devinterp's trajectories up to float rounding) and with its
 own seeds (independent draws: agreement must hold within Monte Carlo error). Wall times are for the
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader
 from rllc.models import ModelConfig, Transformer
 from rllc.models.components import heads
 from rllc.sampling import next_token_loss
-from rllc.sampling.fast import estimate_llc_sweep
+from rllc.sampling import estimate_llcs
 
 HYPER = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0)
 CHAINS, BATCH, CTX, INIT_SEED = 4, 8, 256, 100
@@ -102,12 +103,12 @@ def run_devinterp(model, ds, names, draws, init_batches, tmp):
                       num_draws=draws, batch_size=BATCH, num_init_loss_batches=init_batches, init_seed=INIT_SEED,
                       output_path=os.path.join(tmp, f"di_{layer}_{head}.zarr"))
         per_chain = np.asarray(res.llc_per_chain.values, dtype=float)
-        out[name] = (per_chain, np.asarray(res.loss_trace.values, dtype=float))
+        out[name] = (per_chain, np.asarray(res.loss_trace.values, dtype=float), float(res.init_loss))
     return out
 
 
 def scaling_tables(draws: int) -> None:
-    print(f"\n## Time per sweep (rllc fast path, fp32, 4 chains, {draws} draws + 1 initial-loss batch)")
+    print(f"\n## Time per sweep (rllc fast path, fp32, 4 chains, {draws} draws)")
     model, _, _ = reference_model(0)
     g = torch.Generator().manual_seed(2)
     all_heads = heads(model)
@@ -120,7 +121,7 @@ def scaling_tables(draws: int) -> None:
         best = math.inf
         for _ in range(2):
             t0 = time.perf_counter()
-            estimate_llc_sweep(model, data, names, chains=CHAINS, draws=draws, init_loss_batches=1, **HYPER)
+            estimate_llcs(model, data, names, chains=CHAINS, draws=draws, **HYPER)
             best = min(best, time.perf_counter() - t0)
         rows.append((n_heads, seq, best, best / draws, best / (draws * CHAINS * n_heads)))
     print("| heads | seq len | s per sweep | s per step (all heads x chains) | s per head-chain-step |")
@@ -159,20 +160,20 @@ def main() -> None:
                         drop_last=True)
     batches = list(loader)
     names = heads(model)
-    common = dict(chains=CHAINS, draws=args.draws, init_loss_batches=args.init_batches, **HYPER)
+    common = dict(chains=CHAINS, draws=args.draws, **HYPER)
 
     t0 = time.perf_counter()
-    mine = estimate_llc_sweep(model, batches, names, seed=1, **common)
+    mine = estimate_llcs(model, batches, names, seed=1, **common)
     t_rllc = time.perf_counter() - t0
     print(f"rllc fast path, own seeds:        {t_rllc:7.1f} s (load {os.getloadavg()[0]:.2f})")
     t0 = time.perf_counter()
-    replay = estimate_llc_sweep(model, batches, names, chain_seeds=[INIT_SEED + c for c in range(CHAINS)], **common)
+    replay = estimate_llcs(model, batches, names, chain_seeds=[INIT_SEED + c for c in range(CHAINS)], **common)
     t_replay = time.perf_counter() - t0
     print(f"rllc fast path, devinterp seeds:  {t_replay:7.1f} s (load {os.getloadavg()[0]:.2f})")
     low = None
     if args.bf16:
         t0 = time.perf_counter()
-        low = estimate_llc_sweep(model, batches, names, seed=1, compute_dtype="bf16", **common)
+        low = estimate_llcs(model, batches, names, seed=1, compute_dtype="bf16", **common)
         t_low = time.perf_counter() - t0
         check = low[names[0]].diagnostics["bf16_check"]
         print(f"rllc fast path, bf16, own seeds:  {t_low:7.1f} s (load {os.getloadavg()[0]:.2f}; "
@@ -202,7 +203,10 @@ def main() -> None:
         se_r = r.std / math.sqrt(CHAINS)
         rp = replay[name]
         if ref is not None:
-            d_pc, _ = ref[name]
+            d_pc, _, d_init = ref[name]
+            # devinterp's reference is L(w*) over its first --init-batches batches, ours over the draws' batches:
+            # move its numbers to ours (same losses at w*), so that both estimate the same quantity.
+            d_pc = d_pc + HYPER["nbeta"] * (d_init - rp.init_loss)
             d_mean, se_d = float(d_pc.mean()), float(d_pc.std(ddof=1)) / math.sqrt(CHAINS)
             z = (r.mean - d_mean) / math.hypot(se_r, se_d)
             diff = float(np.abs(rp.per_chain - d_pc).max())

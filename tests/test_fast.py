@@ -11,8 +11,8 @@ import torch
 
 from rllc.models import ModelConfig, Transformer
 from rllc.models.components import heads
-from rllc.sampling import ChainDivergedError, estimate_llc, next_token_loss
-from rllc.sampling.fast import estimate_llc_sweep, sweep_table, unsupported_reason
+from rllc.sampling import ChainDivergedError, estimate_llc, estimate_llcs, estimates_table, next_token_loss
+from rllc.sampling.fast import unsupported_reason
 
 KW = dict(chains=2, draws=25, seed=7)
 
@@ -53,7 +53,7 @@ def _assert_same(fast, ref):
 def test_every_head_matches_the_generic_path(setup):
     model, data = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sweep = estimate_llc_sweep(model, data, **KW)
+    sweep = estimate_llcs(model, data, **KW)
     assert list(sweep) == heads(model)
     worst = 0.0
     for head, est in sweep.items():
@@ -74,7 +74,7 @@ def test_blocked_cross_entropy_matches_the_generic_path(setup, monkeypatch):
 
     model, data = setup
     monkeypatch.setattr(fast_module, "CE_BLOCK", 7)  # 120 tokens per batch: 17 blocks of 7 and one of 1
-    sweep = estimate_llc_sweep(model, data, ["0:2", "1:0"], **{**KW, "draws": 10})
+    sweep = estimate_llcs(model, data, ["0:2", "1:0"], **{**KW, "draws": 10})
     for head, est in sweep.items():
         _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
 
@@ -83,7 +83,7 @@ def test_blocked_cross_entropy_matches_the_generic_path(setup, monkeypatch):
                                      dict(burn_in=3, chain_seeds=[100, 101])])
 def test_options_match_the_generic_path(setup, options):
     model, data = setup
-    sweep = estimate_llc_sweep(model, data, ["0:1", "1:3"], **{**KW, "draws": 12, **options})
+    sweep = estimate_llcs(model, data, ["0:1", "1:3"], **{**KW, "draws": 12, **options})
     for head, est in sweep.items():
         _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 12, **options}))
         if options.get("paired"):
@@ -95,7 +95,7 @@ def test_options_match_the_generic_path(setup, options):
 def test_other_structures_match(overrides):
     model, data = _trained(**overrides)
     names = ["0:0", f"{model.cfg.n_layers - 1}:2"] + (["1:1"] if model.cfg.n_layers == 3 else [])
-    sweep = estimate_llc_sweep(model, data, names, **{**KW, "draws": 10})
+    sweep = estimate_llcs(model, data, names, **{**KW, "draws": 10})
     for head, est in sweep.items():
         _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
 
@@ -116,18 +116,18 @@ def test_unsupported_models_fall_back():
     mlp = Transformer(ModelConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=20, d_mlp=32))
     assert "MLP" in unsupported_reason(mlp, ["0:0"])
     data = [torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(0))]
-    out = estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3)
+    out = estimate_llcs(mlp, data, ["0:1"], chains=2, draws=3)
     assert "fast_path" not in out["0:1"].diagnostics
     with pytest.raises(ValueError, match="fast=True"):
-        estimate_llc_sweep(mlp, data, ["0:1"], chains=2, draws=3, fast=True)
+        estimate_llcs(mlp, data, ["0:1"], chains=2, draws=3, fast=True)
 
 
 def test_table_and_divergence(setup):
     model, data = setup
-    table = sweep_table(estimate_llc_sweep(model, data, ["0:0", "1:1"], **{**KW, "draws": 4}))
+    table = estimates_table(estimate_llcs(model, data, ["0:0", "1:1"], **{**KW, "draws": 4}))
     assert list(table["component"]) == ["0:0", "1:1"] and {"llc_mean", "llc_std", "rhat"} <= set(table.columns)
     with pytest.raises(ChainDivergedError):
-        estimate_llc_sweep(model, data, ["1:1"], chains=2, draws=30, epsilon=10.0,
+        estimate_llcs(model, data, ["1:1"], chains=2, draws=30, epsilon=10.0,
                            max_loss_increase=1.0)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -137,18 +137,53 @@ def test_bf16_is_validated_against_fp32(setup, monkeypatch):
 
     model, data = setup
     kw = {**KW, "draws": 8}
-    out = estimate_llc_sweep(model, data, ["0:0", "1:1"], compute_dtype="bf16", bf16_pilot_draws=6, **kw)
+    out = estimate_llcs(model, data, ["0:0", "1:1"], compute_dtype="bf16", bf16_pilot_draws=6, **kw)
     check = out["0:0"].diagnostics["bf16_check"]
     assert check["pilot_draws"] == 6 and set(check["per_head"]) == {"0:0", "1:1"}
     assert out["0:0"].diagnostics["compute_dtype"] == ("bf16" if check["accepted"] else "fp32")
-    fp32 = estimate_llc_sweep(model, data, ["0:0", "1:1"], **kw)
+    fp32 = estimate_llcs(model, data, ["0:0", "1:1"], **kw)
     for head in out:
         # coupled chains: bf16 rounding moves the estimate by far less than its Monte Carlo error
         assert abs(out[head].mean - fp32[head].mean) < max(fp32[head].std, 1e-3)
     monkeypatch.setattr(fast, "BF16_TOLERANCE", -1.0)
     with pytest.warns(fast.Bf16Refused, match="refused"):
-        refused = estimate_llc_sweep(model, data, ["1:1"], compute_dtype="bf16", bf16_pilot_draws=3, **kw)
+        refused = estimate_llcs(model, data, ["1:1"], compute_dtype="bf16", bf16_pilot_draws=3, **kw)
     assert refused["1:1"].diagnostics["compute_dtype"] == "fp32"
     np.testing.assert_array_equal(refused["1:1"].loss_trace, fp32["1:1"].loss_trace)
     with pytest.raises(ValueError, match="compute_dtype"):
-        estimate_llc_sweep(model, data, ["1:1"], compute_dtype="fp16", **kw)
+        estimate_llcs(model, data, ["1:1"], compute_dtype="fp16", **kw)
+
+
+def test_rmsprop_fast_path_matches_the_generic_path(setup):
+    model, data = setup
+    kw = dict(chains=2, draws=20, seed=7, sampler="rmsprop", rmsprop_alpha=0.9, weight_decay=1.0)
+    sweep = estimate_llcs(model, data, **kw)
+    assert list(sweep) == heads(model)
+    for head, est in sweep.items():
+        assert est.diagnostics["fast_path"] and est.hyperparameters["sampler"] == "rmsprop"
+        _assert_same(est, estimate_llc(model, data, component=head, fast=False, **kw))
+    plain = estimate_llcs(model, data, ["1:1"], chains=2, draws=20, seed=7)["1:1"]
+    assert not np.allclose(plain.loss_trace, sweep["1:1"].loss_trace)  # the preconditioner does something
+
+
+def test_one_entry_point_mixes_backends(setup):
+    model, data = setup
+    out = estimate_llcs(model, data, ["1:2", "layer:0", "0:1"], chains=2, draws=5)
+    assert list(out) == ["1:2", "layer:0", "0:1"]
+    assert out["1:2"].diagnostics.get("fast_path") and not out["layer:0"].diagnostics.get("fast_path")
+    with pytest.raises(ValueError, match="does not apply to layer:0"):
+        estimate_llcs(model, data, ["1:2", "layer:0"], chains=2, draws=5, fast=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop"])
+def test_cuda_fast_path_matches_generic(setup, sampler):
+    model, data = setup
+    model = model.to("cuda")
+    data = [b.to("cuda") for b in data]
+    kw = dict(chains=2, draws=10, seed=7, sampler=sampler)
+    sweep = estimate_llcs(model, data, ["0:1", "1:3"], **kw)
+    for head, est in sweep.items():
+        ref = estimate_llc(model, data, component=head, fast=False, **kw)
+        np.testing.assert_allclose(est.loss_trace, ref.loss_trace, rtol=0, atol=1e-4)
+    model.to("cpu")

@@ -71,15 +71,19 @@ def head_masks(model, layer, head):
     return masks
 
 
-# case id -> (component, weight decay, bounding box). The box (0.02) binds: one step's noise is sqrt(eps) = 0.03.
-CASES = {"model": (None, 0.0, None), "head 1:2": ("1:2", 0.0, None), "head 1:2, wd + box": ("1:2", 20.0, 0.02)}
+# case id -> (component, weight decay, bounding box, sampler). The box (0.02) binds: one step's noise is
+# sqrt(eps) = 0.03. rmsprop: devinterp's rmsprop_sgld at its default alpha 0.99, eps 0.1 (also ours).
+CASES = {"model": (None, 0.0, None, "sgld"), "head 1:2": ("1:2", 0.0, None, "sgld"),
+         "head 1:2, wd + box": ("1:2", 20.0, 0.02, "sgld"), "head 1:2, rmsprop": ("1:2", 0.0, None, "rmsprop"),
+         "model, rmsprop + wd": (None, 20.0, None, "rmsprop")}
+DEVINTERP_SAMPLER = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}
 
 
 @pytest.fixture(scope="module")
 def devinterp_runs(setup, tmp_path_factory):
     model, ds, _ = setup
     out = {}
-    for case, (comp, wd, box) in CASES.items():
+    for case, (comp, wd, box, sampler) in CASES.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out[case] = devinterp_llc.llc(
@@ -87,6 +91,7 @@ def devinterp_runs(setup, tmp_path_factory):
                 llc_weight_decay=wd, bounding_box_size=box,
                 param_masks=None if comp is None else head_masks(model, 1, 2), num_chains=CHAINS,
                 num_draws=DRAWS, batch_size=BATCH, num_init_loss_batches=INIT_BATCHES, init_seed=INIT_SEED,
+                sampling_method=DEVINTERP_SAMPLER[sampler],
                 output_path=tmp_path_factory.mktemp("devinterp") / "samples.zarr")
     return out
 
@@ -94,11 +99,11 @@ def devinterp_runs(setup, tmp_path_factory):
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_seeds_reproduce_devinterp_trajectories(setup, devinterp_runs, case):
     model, _, batches = setup
-    component, weight_decay, box = CASES[case]
+    component, weight_decay, box, sampler = CASES[case]
     ref = devinterp_runs[case]
     mine = estimate_llc(model, batches, component=component, chains=CHAINS, draws=DRAWS,
                         chain_seeds=[INIT_SEED + c for c in range(CHAINS)], weight_decay=weight_decay,
-                        bounding_box=box, paired=False, **HYPER)
+                        bounding_box=box, paired=False, sampler=sampler, **HYPER)
     np.testing.assert_allclose(mine.loss_trace, ref.loss_trace.values, rtol=1e-5)
     # devinterp's reference is the loss at w* over its first INIT_BATCHES batches; ours is over the draws'
     # batches. Same losses at w*, so with devinterp's reference our chains give devinterp's numbers.
@@ -112,12 +117,13 @@ def test_same_seeds_reproduce_devinterp_trajectories(setup, devinterp_runs, case
     print(f"{case}: rllc {mine.per_chain} devinterp {ref.llc_per_chain.values}")
 
 
-@pytest.mark.parametrize("case", ["model", "head 1:2"])
+@pytest.mark.parametrize("case", ["model", "head 1:2", "head 1:2, rmsprop"])
 def test_independent_seeds_agree_within_monte_carlo_error(setup, devinterp_runs, case):
     model, _, batches = setup
-    component = CASES[case][0]
+    component, sampler = CASES[case][0], CASES[case][3]
     ref = devinterp_runs[case]
-    mine = estimate_llc(model, batches, component=component, chains=CHAINS, draws=DRAWS, seed=1, **HYPER)
+    mine = estimate_llc(model, batches, component=component, chains=CHAINS, draws=DRAWS, seed=1, sampler=sampler,
+                        **HYPER)
     trace = ref.loss_trace.values
     se_ref = HYPER["nbeta"] * mcse_mean(trace)
     # devinterp's estimate moved to our reference loss (the draws' batches instead of its first few).

@@ -19,7 +19,7 @@ from rllc.models import ModelConfig, Transformer
 from rllc.runs import load_results, load_run_config, load_trace, run_estimate, run_probe
 from rllc.runs.datasets import resolve_dataset
 from rllc.runs.store import db_path
-from rllc.sampling.fast import estimate_llc_sweep
+from rllc.sampling import estimate_llcs
 from rllc.train import preset, train
 
 INTERFACE = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread", "config_hash",
@@ -64,7 +64,7 @@ def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
     seed = json.loads(row["diagnostics"])["seed"]
     model = rllc.load_checkpoints(series)[45]
     batches = list(resolve_dataset("random", rllc.load_checkpoints(series), batch_size=4, seed=0).batches(8))
-    again = estimate_llc_sweep(model, batches, components=["1:2"], chains=2, draws=8, seed=seed)
+    again = estimate_llcs(model, batches, components=["1:2"], chains=2, draws=8, seed=seed)
     assert again["1:2"].mean == pytest.approx(row["value"], rel=1e-5)
     trace = load_trace(run, row["checkpoint"], "1:2", "random", row["config_hash"])
     assert trace.shape == (2, 8)

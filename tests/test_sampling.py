@@ -80,7 +80,7 @@ def test_noise_contract_full_shape_draws_in_parameter_order(lm):
         with ProjectedSGLD(model, comp, zero_loss, epsilon=eps, nbeta=30, gamma=0.0,
                            chain_seeds=[chain_seed(7, 3)]) as kernel:
             kernel.step(0, batches[0])
-            moved = [w.clone() for w in kernel.chains[0].w]
+            moved = [w.clone() for w in kernel.block.coordinates(0)]
             w_star = kernel.w_star
         g = torch.Generator().manual_seed(chain_seed(7, 3))
         params = dict(model.named_parameters())

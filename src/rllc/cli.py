@@ -166,6 +166,23 @@ def add_series_arguments(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="no progress bar or summary (per-task lines still go to RUN_DIR/run.log)")
 
 
+def add_settings_arguments(g) -> None:
+    """One option per SGLDSettings field (rllc.sampling.settings): name, type, default and help come from it."""
+    from rllc.sampling.settings import SGLDSettings
+
+    for f in SGLDSettings.describe():
+        flag = "--" + f.name.replace("_", "-")
+        meta, default = f.metadata, f.default
+        shown = "none" if default is None else default
+        if isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+        elif meta["choices"]:
+            g.add_argument(flag, choices=meta["choices"], help=f"{meta['help']} (default: {shown})")
+        else:
+            kinds = meta["kind"] if isinstance(meta["kind"], tuple) else (meta["kind"],)
+            g.add_argument(flag, type=int if kinds == (int,) else float, help=f"{meta['help']} (default: {shown})")
+
+
 def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--datasets", metavar="LIST",
                    help="comma-separated: prose, code, random, repeated, induction, dyck, teacher:SOURCE@BASE "
@@ -179,16 +196,7 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
     p.add_argument("--estimators", metavar="LIST",
                    help="comma-separated: llc, hessian-trace, fim-trace, hessian-rank (default: llc)")
     g = p.add_argument_group("SGLD (llc)")
-    g.add_argument("--epsilon", type=float, help=f"step size (default: {d['epsilon']})")
-    g.add_argument("--nbeta", type=float, help=f"n * beta, the inverse temperature (default: {d['nbeta']})")
-    g.add_argument("--gamma", type=float, help=f"localization strength (default: {d['gamma']})")
-    g.add_argument("--chains", type=int, help=f"chains per component (default: {d['chains']})")
-    g.add_argument("--draws", type=int, help=f"draws per chain (default: {d['draws']})")
-    g.add_argument("--burn-in", type=int, help=f"discarded steps per chain (default: {d['burn_in']})")
-    g.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
-                   help="report the paired estimator nbeta * mean(L_B(w_t) - L_B(w*)) (default); --no-paired: "
-                        "the standard one. Both take L(w*) over the draws' own batches, so their means agree; "
-                        "the paired one's standard error leaves out batch-to-batch loss variation that cancels")
+    add_settings_arguments(g)
     g.add_argument("--n-batches", type=int,
                    help="distinct SGLD batches, cycled (default: burn-in + draws)")
     g.add_argument("--crn", action=argparse.BooleanOptionalAction, default=None,

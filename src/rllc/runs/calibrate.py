@@ -71,10 +71,10 @@ class HeadRun:
 def sample_heads(model, data, *, epsilon: float, nbeta: float, gamma: float, chains: int, steps: int,
                  seed: int) -> HeadRun:
     """One batched run over every head, burn-in 0 (it is chosen afterwards from the traces)."""
-    from rllc.sampling.fast import estimate_llc_sweep
+    from rllc.sampling import estimate_llcs
 
     t0 = time.perf_counter()
-    est = estimate_llc_sweep(model, data, None, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
+    est = estimate_llcs(model, data, None, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
                              draws=steps, burn_in=0, seed=seed)
     seconds = time.perf_counter() - t0
     values = {h: nbeta * (e.loss_trace - e.diagnostics["loss_at_w_star_trace"][None, :]) for h, e in est.items()}

@@ -16,6 +16,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from rllc.sampling.settings import SGLDSettings
+
 
 class RunError(ValueError):
     """A run that cannot start as asked; the message names what is wrong and the fix."""
@@ -26,13 +28,14 @@ PRECISIONS = ("fp32", "bf16")
 TRACE_ESTIMATORS = ("hutch++", "hutchinson")
 FIM_METHODS = ("analytic", "sampled")
 
-# Defaults: the rLLC paper's SGLD settings (DESIGN.md); curvature settings cheap enough for a series.
+# Defaults: the SGLD settings are SGLDSettings' fields (declared once there: the rLLC paper's settings,
+# DESIGN.md); curvature settings cheap enough for a series.
 ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     datasets=None,  # None: the series' training sources when it records them
     components=["heads"],
     estimators=["llc"],
-    epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=4, draws=200, burn_in=0,
-    paired=True, batch_size=32, n_batches=None,  # None: one distinct batch per SGLD step
+    **SGLDSettings.defaults(),
+    batch_size=32, n_batches=None,  # None: one distinct batch per SGLD step
     crn=True,  # common random numbers: every checkpoint gets the same seeds (and batches), see plan.py
     probes=30, trace_estimator="hutch++", curvature_batches=4,
     fim_method="analytic", fim_seqs=16,
@@ -103,9 +106,10 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-# Options whose type the range checks below do not already enforce (the integer ones they do).
-NUMBER_OPTIONS = ("epsilon", "nbeta", "gamma", "rank_threshold")
-BOOL_OPTIONS = ("paired", "crn", "quiet")
+# Options whose type the range checks below do not already enforce (the integer ones they do; the SGLD
+# settings check their own).
+NUMBER_OPTIONS = ("rank_threshold",)
+BOOL_OPTIONS = ("crn", "quiet")
 
 
 def check_types(opts: dict[str, Any]) -> None:
@@ -125,8 +129,18 @@ def check_types(opts: dict[str, Any]) -> None:
             raise RunError(f"--{key} must be a list of names (e.g. {key} = [\"a\", \"b\"] in TOML), got {value!r}")
 
 
+def sgld_settings(opts: dict[str, Any]) -> SGLDSettings:
+    """The SGLD settings among the options, checked by SGLDSettings; errors name the option as a flag."""
+    try:
+        return SGLDSettings.from_options(opts)
+    except ValueError as e:
+        name, _, rest = str(e).partition(" ")
+        raise RunError(f"--{name.replace('_', '-')} {rest}") from None
+
+
 def validate_estimate_options(opts: dict[str, Any]) -> None:
     check_types(opts)
+    sgld_settings(opts)
     unknown = [e for e in opts["estimators"] if e not in ESTIMATORS]
     if unknown or not opts["estimators"]:
         raise RunError(f"unknown estimator(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
@@ -136,7 +150,7 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
         raise RunError(f"--trace-estimator must be one of {TRACE_ESTIMATORS}, got {opts['trace_estimator']!r}")
     if opts["fim_method"] not in FIM_METHODS:
         raise RunError(f"--fim-method must be one of {FIM_METHODS}, got {opts['fim_method']!r}")
-    positive = ("chains", "draws", "batch_size", "curvature_batches", "fim_seqs",
+    positive = ("batch_size", "curvature_batches", "fim_seqs",
                 "rank_degree", "rank_probes", "probes")
     for key in positive:
         if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
@@ -155,11 +169,6 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
             raise RunError(f"--rank-threshold must be positive, got {opts['rank_threshold']}")
     if opts["n_batches"] is not None and opts["n_batches"] < 1:
         raise RunError(f"--n-batches must be positive, got {opts['n_batches']}")
-    for key in ("epsilon", "nbeta"):
-        if not opts[key] > 0:
-            raise RunError(f"--{key} must be positive, got {opts[key]}")
-    if opts["gamma"] < 0 or opts["burn_in"] < 0:
-        raise RunError(f"--gamma and --burn-in must be non-negative, got {opts['gamma']}, {opts['burn_in']}")
     if not opts["components"]:
         raise RunError("--components is empty; give e.g. heads, layers, model, 1:6,1:7 or 1:6+1:7")
     validate_execution_options(opts)
@@ -199,7 +208,9 @@ def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: 
         # The reference loss over the draws' batches is part of the key: rows from before it (a reference over
         # the first init_loss_batches batches) were biased and are never reused for the same settings.
         data["reference"] = "draws"
-        keys = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "paired", "precision")
+        # Every SGLD setting (new ones only when off their default: old hashes stay valid, see settings.py).
+        data.update(sgld_settings(opts).hashed())
+        keys = ("precision",)
     elif estimator == "hessian-trace":
         keys = ("probes", "trace_estimator", "curvature_batches")
     elif estimator == "fim-trace":

@@ -87,31 +87,22 @@ def row(task: Task, component: str, value: float, spread: float, seconds: float,
 
 
 def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: Transformer | None):
-    """Single heads go through the batched sweep (all heads x chains at once); other components, and
-    every component under a teacher, through estimate_llc one by one."""
-    from rllc.sampling import estimate_llc
-    from rllc.sampling.fast import estimate_llc_sweep
+    """All components in one call of the entry point: single heads go through the batched sweep (all heads x
+    chains at once), other components, and every component under a teacher, through the generic back-end."""
+    from rllc.sampling import SGLDSettings, estimate_llcs
 
     p = task.params
-    hyper = dict(epsilon=p["epsilon"], nbeta=p["nbeta"], gamma=p["gamma"], chains=p["chains"], draws=p["draws"],
-                 burn_in=p["burn_in"], paired=p["paired"], seed=task.seed)
-    heads = [c for c in task.components if is_single_head(c)] if teacher is None else []
-    estimates, notes = {}, {}
-    if heads:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            estimates.update(estimate_llc_sweep(model, data, components=heads, compute_dtype=p["precision"], **hyper))
-        for h in heads:
-            notes[h] = [str(w.message) for w in caught]
+    settings = SGLDSettings.from_options(p)
+    specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
+             for label in task.components]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimates = estimate_llcs(model, data, specs, settings=settings, seed=task.seed, teacher=teacher,
+                                  compute_dtype=p["precision"])
+    shared = [str(w.message) for w in caught]
+    notes = {label: list(shared) for label in task.components}
     for label in task.components:
-        if label in estimates:
-            continue
-        comp = resolve_component(model, component_spec(label), name=label)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            estimates[label] = estimate_llc(model, data, component=comp, teacher=teacher, **hyper)
-        notes[label] = [str(w.message) for w in caught]
-        if p["precision"] == "bf16":
+        if p["precision"] == "bf16" and not estimates[label].diagnostics.get("fast_path"):
             notes[label].append("bf16 applies to the batched single-head path only; this component ran in fp32")
     critical = critical_point_check(model, data, task.components, teacher)
     rows, traces = [], {}
@@ -126,6 +117,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
                     seconds_per_step=d["seconds_per_step"], n_distinct_batches=d["n_distinct_batches"],
                     fast_path=bool(d.get("fast_path", False)), compute_dtype=d.get("compute_dtype", "fp32"),
                     seed=task.seed, warnings=notes[label], **critical[label])
+        diag.update(settings.as_dict())  # the sampler settings, one column each (rllc.sampling.settings)
         if d.get("bf16_check"):
             check = d["bf16_check"]
             diag["bf16_check"] = dict(accepted=check["accepted"], worst_head=check["worst_head"],

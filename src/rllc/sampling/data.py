@@ -10,9 +10,11 @@ also what devinterp does).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -149,3 +151,20 @@ def teacher_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     tokens, teacher_log_probs = batch
     log_probs = F.log_softmax(logits_of(model(tokens)), dim=-1)
     return -(teacher_log_probs.exp() * log_probs).sum(-1).mean()
+
+
+@torch.no_grad()
+def reference_losses(model: nn.Module, loss_fn: LossFn, stream: BatchStream, steps: int) -> np.ndarray:
+    """L_{B_t}(w*) for t = 0..steps-1: one forward pass per distinct batch, repeated as the stream cycles."""
+    by_batch: dict[int, float] = {}
+    out = np.empty(steps)
+    for t in range(steps):
+        i = stream.index(t)
+        if i not in by_batch:
+            value = float(loss_fn(model, stream[t]))
+            if not math.isfinite(value):
+                raise ValueError(f"the loss at w* on batch {i} is {value} although data and weights are finite; "
+                                 "check loss_fn")
+            by_batch[i] = value
+        out[t] = by_batch[i]
+    return out

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,16 +56,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rllc.models.components import HEAD_PARAMS, _HEAD
-from rllc.sampling.data import BatchStream, check_finite_weights, next_token_loss, tokens_of
-from rllc.sampling.diagnostics import ChainDivergedError
-from rllc.sampling.kernel import chain_seed
-from rllc.sampling.llc import LLCEstimate, _assemble, reference_losses
-from rllc.sampling.llc import estimate_llc as _estimate_llc
+from rllc.sampling.data import BatchStream, next_token_loss, reference_losses, tokens_of
+from rllc.sampling.result import LLCEstimate, assemble
+from rllc.sampling.settings import SGLDSettings
+from rllc.sampling.update import ChainBlock
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
 BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
 
-__all__ = ["Bf16Refused", "estimate_llc_sweep", "sweep_table", "unsupported_reason"]
+__all__ = ["Bf16Refused", "run_heads", "unsupported_reason"]
 
 
 def _is_head(spec: Any) -> bool:
@@ -189,18 +188,15 @@ def _head_unembed(w_o: Tensor, lnw: Tensor | None, W_U: Tensor) -> Tensor:
 class _LayerGroup:
     """The stacked chains of the requested heads of one layer: pair k = (heads[k // chains], chain k % chains)."""
 
-    def __init__(self, model: nn.Module, layer: int, heads: list[int], chains: int):
+    def __init__(self, model: nn.Module, layer: int, heads: list[int], settings: SGLDSettings):
         attn = model.blocks[layer].attn
+        chains = settings.chains
         self.layer, self.heads, self.chains = layer, heads, chains
         self.head_of_pair = torch.tensor([h for h in heads for _ in range(chains)], dtype=torch.long)
         self.chain_of_pair = [c for _ in heads for c in range(chains)]
         with torch.no_grad():
-            self.w_star = [getattr(attn, p).detach()[self.head_of_pair].clone() for p in HEAD_PARAMS]
-        self.w = [w.clone() for w in self.w_star]
-        self.w_prev: list[Tensor] | None = None
-        k = len(self.head_of_pair)
-        self.potential_prev = np.full(k, np.nan)
-        self.forward_sq_prev = np.full(k, np.nan)
+            w_star = [getattr(attn, p).detach()[self.head_of_pair] for p in HEAD_PARAMS]
+        self.block = ChainBlock(w_star, settings, [(f"{layer}:{h}", c) for h in heads for c in range(chains)])
 
     @property
     def n_pairs(self) -> int:
@@ -346,92 +342,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None if grad_inv is None else grad_inv * scale, None, None, None, None, None, None)
 
 
-def estimate_llc_sweep(
-    model: nn.Module,
-    data: Iterable,
-    components: Sequence[str] | None = None,
-    *,
-    epsilon: float = 1e-3,
-    nbeta: float = 30.0,
-    gamma: float = 200.0,
-    chains: int = 4,
-    draws: int = 200,
-    burn_in: int = 0,
-    seed: int = 0,
-    paired: bool = True,
-    weight_decay: float = 0.0,
-    bounding_box: float | None = None,
-    chain_seeds: Sequence[int] | None = None,
-    max_loss_increase: float | None = None,
-    fast: bool | str = "auto",
-    pair_chunk: int = 8,
-    compute_dtype: str = "fp32",
-    bf16_pilot_draws: int = 10,
-) -> dict[str, LLCEstimate]:
-    """wrLLC of several heads ("l:h"; None: every head) at once: {head: LLCEstimate}.
+def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], settings: SGLDSettings,
+              seeds: Sequence[int], hyper: dict[str, Any], *, pair_chunk: int = 8, compute_dtype: str = "fp32",
+              bf16_pilot_draws: int = 10) -> dict[str, LLCEstimate]:
+    """{head: LLCEstimate} for single heads "l:h" of a model :func:`unsupported_reason` accepts.
 
-    Hyperparameters as in :func:`rllc.sampling.estimate_llc`; every head gets
-    the same chain seeds, so each estimate equals (to float tolerance) the
-    generic ``estimate_llc(model, data, component=head, ...)``. fast="auto"
-    uses the batched sampler when the model supports it and falls back to
-    one generic run per head otherwise; True requires it; False never uses it.
-    `pair_chunk` (head, chain) pairs are evaluated per batched forward/backward.
+    Called by the entry point (``rllc.estimate_llcs``), which validates the arguments; every head gets
+    the same chain seeds, so each estimate equals (to float tolerance) the generic back-end's.
 
-    compute_dtype="bf16" runs the unembedding matmuls (the bulk of the work)
-    in bfloat16 with float32 logits, softmax and loss sums. It is validated
-    first: a pilot of `bf16_pilot_draws` draws runs in both modes on the same
-    seeds (coupled chains, so the difference is the rounding error alone);
-    if any head's bf16 estimate differs from fp32 by more than half the fp32
-    Monte Carlo error (chain std / sqrt(chains)), bf16 is refused for this
-    model with a warning (Bf16Refused) and the sweep runs in fp32. The
-    outcome is in each estimate's diagnostics["compute_dtype"] / ["bf16_check"].
-    See :func:`sweep_table` for a tidy DataFrame.
+    compute_dtype="bf16" runs the unembedding matmuls (the bulk of the work) in bfloat16 with float32
+    logits, softmax and loss sums. It is validated first: a pilot of `bf16_pilot_draws` draws runs in
+    both modes on the same seeds (coupled chains, so the difference is the rounding error alone); if
+    any head's bf16 estimate differs from fp32 by more than half the fp32 Monte Carlo error (chain
+    std / sqrt(chains)), bf16 is refused for this model with a warning (Bf16Refused) and the sweep
+    runs in fp32. The outcome is in each estimate's diagnostics["compute_dtype"] / ["bf16_check"].
     """
-    from rllc.models.components import heads as all_heads
-
-    comps = list(all_heads(model)) if components is None else [c.strip() if isinstance(c, str) else c
-                                                                  for c in components]
-    if len(set(map(str, comps))) != len(comps):
-        raise ValueError(f"components are repeated: {comps}")
-    if fast not in (True, False, "auto"):
-        raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
-    reason = unsupported_reason(model, comps) if fast is not False else "fast=False"
-    hyper_kw = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains, draws=draws, burn_in=burn_in,
-                    seed=seed, paired=paired, weight_decay=weight_decay,
-                    bounding_box=bounding_box, chain_seeds=chain_seeds, max_loss_increase=max_loss_increase)
-    if reason is not None:
-        if fast is True:
-            raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
-        return {str(c): _estimate_llc(model, data, component=c, fast=False, **hyper_kw) for c in comps}
-
-    if chains < 1 or draws < 1 or burn_in < 0 or pair_chunk < 1:
-        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0, pair_chunk >= 1; "
-                         f"got chains={chains}, draws={draws}, burn_in={burn_in}, pair_chunk={pair_chunk}")
-    if epsilon <= 0 or nbeta <= 0 or gamma < 0 or weight_decay < 0:
-        raise ValueError(f"need epsilon > 0, nbeta > 0, gamma >= 0, weight_decay >= 0; got "
-                         f"epsilon={epsilon}, nbeta={nbeta}, gamma={gamma}, weight_decay={weight_decay}")
-    if bounding_box is not None and bounding_box <= 0:
-        raise ValueError(f"bounding_box must be positive or None, got {bounding_box}")
-    seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
-    if len(seeds) != chains:
-        raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
-    check_finite_weights(model)
-    if compute_dtype not in ("fp32", "bf16"):
-        raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
-
     saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     try:
         for p in model.parameters():
             p.requires_grad_(False)  # frozen: autograd never builds gradients for them
-        run_kw = dict(epsilon=float(epsilon), nbeta=float(nbeta), gamma=float(gamma), chains=chains,
-                      burn_in=burn_in, seed=seed, paired=paired,
-                      weight_decay=float(weight_decay), bounding_box=bounding_box,
-                      max_loss_increase=max_loss_increase, pair_chunk=pair_chunk)
+        run_kw = dict(settings=settings, seeds=list(seeds), hyper=hyper, pair_chunk=pair_chunk)
         low, check = None, None
         if compute_dtype == "bf16":
-            check = _check_bf16(model, data, comps, seeds, min(draws, bf16_pilot_draws), run_kw)
+            check = _check_bf16(model, stream, list(heads), min(settings.draws, bf16_pilot_draws), run_kw)
             low = torch.bfloat16 if check["accepted"] else None
-        out = _run(model, data, comps, seeds, draws=draws, low=low, **run_kw)
+        out = _run(model, stream, list(heads), low=low, **run_kw)
         for est in out.values():
             est.diagnostics["compute_dtype"] = "bf16" if low is not None else "fp32"
             est.diagnostics["bf16_check"] = check
@@ -446,13 +381,14 @@ class Bf16Refused(UserWarning):
     """bf16 compute was requested but its estimates disagree with fp32: the sweep ran in fp32."""
 
 
-def _check_bf16(model, data, comps, seeds, pilot_draws, run_kw) -> dict[str, Any]:
+def _check_bf16(model, stream, comps, pilot_draws, run_kw) -> dict[str, Any]:
     """Coupled pilot runs in fp32 and bf16: accept bf16 if every head agrees within half its MC error."""
     import warnings
 
-    ref = _run(model, data, comps, seeds, draws=pilot_draws, low=None, **run_kw)
-    low = _run(model, data, comps, seeds, draws=pilot_draws, low=torch.bfloat16, **run_kw)
-    chains = len(seeds)
+    pilot = dict(run_kw, settings=run_kw["settings"].replace(draws=pilot_draws))
+    ref = _run(model, stream, comps, low=None, **pilot)
+    low = _run(model, stream, comps, low=torch.bfloat16, **pilot)
+    chains = len(run_kw["seeds"])
     worst_name, worst_ratio, rows = comps[0], 0.0, {}
     for name in comps:
         se = ref[name].std / math.sqrt(chains) if chains > 1 else abs(ref[name].mean) * 0.05
@@ -474,25 +410,25 @@ def _check_bf16(model, data, comps, seeds, pilot_draws, run_kw) -> dict[str, Any
     return check
 
 
-def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, burn_in, seed,
-         paired, weight_decay, bounding_box, max_loss_increase, pair_chunk, low=None) -> dict[str, LLCEstimate]:
+def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings, seeds: list[int],
+         hyper: dict[str, Any], pair_chunk: int, low=None) -> dict[str, LLCEstimate]:
+    s = settings
     cfg = model.cfg
-    stream = BatchStream(data)
+    chains = s.chains
     start = time.perf_counter()
-    steps = burn_in + draws
+    steps = s.burn_in + s.draws
     ref = reference_losses(model, next_token_loss, stream, steps)  # L_{B_t}(w*), see rllc.sampling.llc
-    init_loss = float(ref[burn_in:].mean())
-    increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
-    max_loss = init_loss + increase
+    init_loss = float(ref[s.burn_in:].mean())
+    max_loss = s.max_loss(init_loss)
 
     by_layer: dict[int, list[int]] = {}
     for c in comps:
         layer, head = (int(x) for x in c.split(":"))
         by_layer.setdefault(layer, []).append(head)
-    groups = [_LayerGroup(model, layer, heads, chains) for layer, heads in sorted(by_layer.items())]
+    groups = [_LayerGroup(model, layer, heads, s) for layer, heads in sorted(by_layer.items())]
     last = cfg.n_layers - 1
     last_heads = next((g.heads for g in groups if g.layer == last), [])
-    generators = [torch.Generator(device=model.unembed.W_U.device).manual_seed(s) for s in seeds]
+    generators = [torch.Generator(device=model.unembed.W_U.device).manual_seed(seed) for seed in seeds]
     shapes = [getattr(model.blocks[0].attn, p).shape for p in HEAD_PARAMS]
     dtype = model.unembed.W_U.dtype
 
@@ -500,7 +436,6 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
     losses = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     sq_dist = {g.layer: np.empty((g.n_pairs, steps)) for g in groups}
     log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
-    eps, sqrt_eps = epsilon, epsilon ** 0.5
 
     chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
     for t in range(steps):
@@ -512,98 +447,41 @@ def _run(model, data, comps, seeds, *, epsilon, nbeta, gamma, chains, draws, bur
             noise = [[torch.randn(shape, generator=g, dtype=dtype, device=g.device) for shape in shapes]
                      for g in generators]
         for group in groups:
-            layer = group.layer
+            layer, block = group.layer, group.block
             step_loss = np.empty(group.n_pairs)
-            grads = [torch.empty_like(w) for w in group.w]
+            grads = [torch.empty_like(w) for w in block.w]
             for lo in range(0, group.n_pairs, chunk):
                 hi = min(lo + chunk, group.n_pairs)
-                ws = [w[lo:hi].detach().requires_grad_(True) for w in group.w]
+                ws = [w[lo:hi].detach().requires_grad_(True) for w in block.w]
                 with torch.enable_grad():
                     pair_loss = _pair_losses(model, cache, layer, group.head_of_pair[lo:hi], ws, chains, low)
                     chunk_grads = torch.autograd.grad(pair_loss.sum(), ws)
                 step_loss[lo:hi] = pair_loss.detach().double().cpu().numpy()
                 for g_all, g in zip(grads, chunk_grads):
                     g_all[lo:hi] = g
-            for k, value in enumerate(step_loss):
-                if not math.isfinite(value):
-                    _diverged(group, k, t, f"the minibatch loss is {value}", epsilon, gamma, nbeta)
-                if value > max_loss:
-                    _diverged(group, k, t, f"the loss exploded to {value:.4g} (threshold {max_loss:.4g})",
-                              epsilon, gamma, nbeta)
+            everything = slice(0, group.n_pairs)
+            block.check_losses(everything, step_loss, t, max_loss)
             with torch.no_grad():
                 pair_noise = [torch.stack([noise[c][i][h] for h, c in zip(group.head_of_pair.tolist(),
                                                                           group.chain_of_pair)])
                               for i in range(len(shapes))]
-                dist_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
-                norm_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
-                forward_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
-                backward_sq = torch.zeros(group.n_pairs, dtype=torch.float64)
-                w_prev = group.w_prev if group.w_prev is not None else [None] * len(group.w)
-                new_w = []
-                for w, w0, g, xi, wp in zip(group.w, group.w_star, grads, pair_noise, w_prev):
-                    diff = w - w0
-                    drift = g.mul(nbeta)  # the kernel's (devinterp's) order of operations
-                    prior = diff.mul(gamma)
-                    if weight_decay:
-                        prior = w.mul(weight_decay) + prior
-                        norm_sq += _sq(w)
-                    drift.add_(prior)
-                    w_next = w.clone()
-                    w_next.add_(drift, alpha=-0.5 * eps)
-                    w_next.add_(xi, alpha=sqrt_eps)
-                    if bounding_box is not None:
-                        torch.clamp_(w_next, min=w0 - bounding_box, max=w0 + bounding_box)
-                    dist_sq += _sq(diff)
-                    forward_sq += _sq(w_next - w + (0.5 * eps) * drift)
-                    if wp is not None:
-                        backward_sq += _sq(wp - w + (0.5 * eps) * drift)
-                    new_w.append(w_next)
-            dist_np, fwd_np = dist_sq.numpy(), forward_sq.numpy()
-            for k in range(group.n_pairs):
-                if not math.isfinite(fwd_np[k]):
-                    _diverged(group, k, t, "the gradient or the weights became NaN/Inf", epsilon, gamma, nbeta)
-            potential = (nbeta * (step_loss - ref[t]) + 0.5 * gamma * dist_np
-                         + 0.5 * weight_decay * norm_sq.numpy())
-            if group.w_prev is not None:
-                log_accept[layer][:, t] = (-(potential - group.potential_prev)
-                                           - (backward_sq.numpy() - group.forward_sq_prev) / (2 * eps))
-            group.w_prev, group.w = group.w, new_w
-            group.potential_prev, group.forward_sq_prev = potential, fwd_np.copy()
+            sq_dist[layer][:, t], log_accept[layer][:, t] = block.step(everything, grads, pair_noise, step_loss,
+                                                                       ref[t], t)
             losses[layer][:, t] = step_loss
-            sq_dist[layer][:, t] = dist_np
     seconds = time.perf_counter() - start
 
-    n_coords = sum(int(np.prod(s[1:])) for s in shapes)
-    hyper = dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay, bounding_box=bounding_box,
-                 chains=chains, draws=draws, burn_in=burn_in, seed=seed, paired=paired, reference="draws",
-                 data_refinement="data")
+    n_coords = sum(int(np.prod(shape[1:])) for shape in shapes)
     out: dict[str, LLCEstimate] = {}
     share = seconds / len(comps)
     for c in comps:
         layer, head = (int(x) for x in c.split(":"))
         group = next(g for g in groups if g.layer == layer)
         rows = slice(group.heads.index(head) * chains, (group.heads.index(head) + 1) * chains)
-        est = _assemble(losses=losses[layer][rows], sq_dist=sq_dist[layer][rows],
-                        log_accept=log_accept[layer][rows], ref=ref, init_loss=init_loss, burn_in=burn_in,
-                        draws=draws, chains=chains, nbeta=nbeta, paired=paired, n_distinct=stream.n_distinct,
-                        seconds=share, component=c, n_coords=n_coords, hyper=hyper)
+        est = assemble(losses=losses[layer][rows], sq_dist=sq_dist[layer][rows], log_accept=log_accept[layer][rows],
+                       ref=ref, init_loss=init_loss, settings=s, n_distinct=stream.n_distinct, seconds=share,
+                       component=c, n_coords=n_coords, hyper=hyper)
         est.diagnostics.update(fast_path=True, sweep_seconds=seconds, sweep_components=len(comps))
         out[c] = est
     return out
 
 
-def _sq(x: Tensor) -> Tensor:
-    """Per-pair sum of squares in float64: [k, ...] -> [k]."""
-    return x.pow(2).flatten(1).sum(-1, dtype=torch.float64)
-
-
-def _diverged(group: _LayerGroup, k: int, step: int, reason: str, epsilon: float, gamma: float, nbeta: float):
-    name = f"{group.layer}:{group.heads[k // group.chains]}"
-    raise ChainDivergedError(name, group.chain_of_pair[k], step, reason, epsilon=epsilon, gamma=gamma, nbeta=nbeta)
-
-
-def sweep_table(estimates: dict[str, LLCEstimate]):
-    """A tidy pandas DataFrame, one row per component (LLCEstimate.to_row)."""
-    import pandas as pd
-
-    return pd.DataFrame([est.to_row() for est in estimates.values()])

@@ -1,10 +1,9 @@
 """Projected SGLD: Langevin dynamics on one component of any torch model.
 
-For the coordinates w of the component (everything else stays at w*):
-
-    D(w)   = nbeta * grad L_B(w) + gamma * (w - w*) + weight_decay * w
-    w'     = w - (eps/2) * D(w) + sqrt(eps) * xi,     xi ~ N(0, I)
-    w'     = clamp(w', w* - box, w* + box)            (optional bounding box)
+The coordinates w of the component move (everything else stays at w*) by
+the update of ``rllc.sampling.update`` (plain SGLD or RMSProp-preconditioned
+SGLD, then the optional bounding box); this module owns the model, the
+gradients and the noise.
 
 Reproducibility contract (a batched fast path must follow it to agree with
 this kernel on identical seeds):
@@ -17,9 +16,8 @@ this kernel on identical seeds):
   component's coordinates take their noise from it. One draw therefore serves
   every head of a layer, and the stream is independent of which head (or which
   layer of equal shape) is sampled.
-* The arithmetic per coordinate is devinterp 2.0.1's SGMCMC.sgld:
-  ``d = g*nbeta; d += (wd*w + gamma*(w - w*)); w += -eps/2 * d; w += sqrt(eps)*xi``.
-  With ``chain_seeds = [init_seed + c]`` and the same batches, the noise equals
+* The arithmetic per coordinate is devinterp 2.0.1's SGMCMC.sgld (or
+  rmsprop_sgld), in its order of float operations. With ``chain_seeds = [init_seed + c]`` and the same batches, the noise equals
   devinterp's (which draws full-shape noise from the global generator seeded
   with init_seed + c, in param_masks order).
 
@@ -40,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from rllc.models.components import Component
-from rllc.sampling.diagnostics import ChainDivergedError
+from rllc.sampling.settings import SGLDSettings, split_settings
+from rllc.sampling.update import ChainBlock
 
 
 def chain_seed(seed: int, chain: int) -> int:
@@ -58,44 +57,38 @@ class StepInfo:
 _STALE = object()
 
 
-class _ChainState:
-    def __init__(self, w_star: list[Tensor], seed: int, device: torch.device):
-        self.w = [w.clone() for w in w_star]
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.steps = 0
-        # For the MALA ratio of the previous move w_prev -> w.
-        self.w_prev: list[Tensor] | None = None
-        self.potential_prev = math.nan
-        self.forward_sq = math.nan
-
-
 class ProjectedSGLD:
     """Several SGLD chains on one component of `model`, sharing the model's memory.
 
     Use as a context manager: on exit the component's coordinates are written
     back to w* and the parameters' ``requires_grad`` and ``.grad`` restored.
+    The update arithmetic is :class:`rllc.sampling.update.ChainBlock`'s (one
+    row per chain); this class owns the model, the gradients and the noise.
     """
 
     def __init__(self, model: nn.Module, component: Component, loss_fn: Callable[[nn.Module, Any], Tensor], *,
-                 epsilon: float, nbeta: float, gamma: float, chain_seeds: Sequence[int],
-                 weight_decay: float = 0.0, bounding_box: float | None = None, max_loss: float = math.inf):
-        if epsilon <= 0 or nbeta <= 0 or gamma < 0 or weight_decay < 0:
-            raise ValueError(f"need epsilon > 0, nbeta > 0, gamma >= 0, weight_decay >= 0; got "
-                             f"epsilon={epsilon}, nbeta={nbeta}, gamma={gamma}, weight_decay={weight_decay}")
-        if bounding_box is not None and bounding_box <= 0:
-            raise ValueError(f"bounding_box must be positive or None, got {bounding_box}")
+                 chain_seeds: Sequence[int], settings: SGLDSettings | None = None, max_loss: float = math.inf,
+                 **setting_values: Any):
+        settings = split_settings(setting_values, settings)
         self.model, self.component, self.loss_fn = model, component, loss_fn
-        self.epsilon, self.nbeta, self.gamma = float(epsilon), float(nbeta), float(gamma)
-        self.weight_decay, self.bounding_box, self.max_loss = float(weight_decay), bounding_box, max_loss
+        self.settings, self.max_loss = settings, max_loss
         params = dict(model.named_parameters())
         self._params = [params[name] for name, _ in component.entries]
         self._index = [index for _, index in component.entries]
         with torch.no_grad():
-            self.w_star = [self._read(p, i).clone() for p, i in zip(self._params, self._index)]
+            w_star = [self._read(p, i).unsqueeze(0).expand(len(chain_seeds), *self._read(p, i).shape)
+                      for p, i in zip(self._params, self._index)]
+        self.block = ChainBlock(w_star, settings, [(component.name, c) for c in range(len(chain_seeds))])
         device = self._params[0].device
-        self.chains = [_ChainState(self.w_star, s, device) for s in chain_seeds]
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in chain_seeds]
+        self.steps = [0] * len(chain_seeds)
         self._saved = None
         self._loaded: object = _STALE  # which chain's coordinates the model holds (None: w*)
+
+    @property
+    def w_star(self) -> list[Tensor]:
+        """The component's coordinates at w*, one tensor per parameter entry."""
+        return [w[0] for w in self.block.w_star]
 
     # --- context: freeze everything but the component --------------------------------
 
@@ -130,7 +123,8 @@ class ProjectedSGLD:
         """Put chain `chain`'s coordinates (or w* for None) into the model."""
         if chain is not None and self._loaded == chain:
             return
-        values = self.w_star if chain is None else self.chains[chain].w
+        block = self.block
+        values = self.w_star if chain is None else block.coordinates(chain)
         with torch.no_grad():
             for p, i, v in zip(self._params, self._index, values):
                 self._write(p, i, v)
@@ -145,75 +139,28 @@ class ProjectedSGLD:
         estimator passes L_B(w*), which removes most of the batch-to-batch
         variation from the acceptance ratio).
         """
-        state = self.chains[chain]
-        t = state.steps
+        t = self.steps[chain]
         self.load(chain)
         for p in self._params:
             p.grad = None
         with torch.enable_grad():
             loss = self.loss_fn(self.model, batch)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                self._diverged(chain, t, f"the minibatch loss is {loss_value}")
-            if loss_value > self.max_loss:
-                self._diverged(chain, t, f"the loss exploded to {loss_value:.4g} (threshold {self.max_loss:.4g})")
+            rows = slice(chain, chain + 1)
+            self.block.check_losses(rows, [loss_value], t, self.max_loss)
             loss.backward()
-
-        eps, sqrt_eps = self.epsilon, self.epsilon ** 0.5
-        # Squared norms are summed in float64: the MALA ratio subtracts two sums of size ~eps * n_coords.
-        dist_sq, norm_sq, forward_sq, backward_sq = [], [], [], []
-        w_prev = state.w_prev if state.w_prev is not None else [None] * len(state.w)
-        new_w = []
         with torch.no_grad():
-            for p, index, w, w0, wp in zip(self._params, self._index, state.w, self.w_star, w_prev):
-                g = torch.zeros_like(w) if p.grad is None else self._read_grad(p, index)
-                diff = w - w0
-                drift = g.mul(self.nbeta)  # D(w), in devinterp's order of operations
-                prior = diff.mul(self.gamma)
-                if self.weight_decay:
-                    prior = w.mul(self.weight_decay) + prior
-                    norm_sq.append(_sq(w))
-                drift.add_(prior)
-                w_next = w.clone()
-                w_next.add_(drift, alpha=-0.5 * eps)
-                noise = torch.randn(p.shape, generator=state.generator, dtype=p.dtype, device=p.device)
-                w_next.add_(noise if index is None else noise[index], alpha=sqrt_eps)
-                if self.bounding_box is not None:
-                    torch.clamp_(w_next, min=w0 - self.bounding_box, max=w0 + self.bounding_box)
-                dist_sq.append(_sq(diff))
-                forward_sq.append(_sq(w_next - w + (0.5 * eps) * drift))
-                if wp is not None:
-                    backward_sq.append(_sq(wp - w + (0.5 * eps) * drift))
-                new_w.append(w_next)
-        sq_dist, forward_sq = _total(dist_sq), _total(forward_sq)
-        sq_norm_w = _total(norm_sq)
-
-        if not math.isfinite(forward_sq):
-            self._diverged(chain, t, "the gradient or the weights became NaN/Inf")
-        potential = (self.nbeta * (loss_value - loss_offset) + 0.5 * self.gamma * sq_dist
-                     + 0.5 * self.weight_decay * sq_norm_w)
-        log_accept = math.nan
-        if state.w_prev is not None:
-            # q(x'|x) = N(x - eps/2 D(x), eps I); ratio of the move w_prev -> w and its reverse.
-            log_accept = -(potential - state.potential_prev) - (_total(backward_sq) - state.forward_sq) / (2 * eps)
-        state.w_prev, state.w = state.w, new_w
-        state.potential_prev, state.forward_sq = potential, forward_sq
-        state.steps += 1
+            grads = [(torch.zeros_like(self._read(p, i)) if p.grad is None else self._read_grad(p, i)).unsqueeze(0)
+                     for p, i in zip(self._params, self._index)]
+            noise = []
+            for p, i in zip(self._params, self._index):
+                full = torch.randn(p.shape, generator=self.generators[chain], dtype=p.dtype, device=p.device)
+                noise.append((full if i is None else full[i]).unsqueeze(0))
+        sq_dist, log_accept = self.block.step(rows, grads, noise, [loss_value], loss_offset, t)
+        self.steps[chain] += 1
         self._loaded = _STALE  # the model holds this chain's previous coordinates
-        return StepInfo(loss=loss_value, sq_distance=sq_dist, log_accept=log_accept)
+        return StepInfo(loss=loss_value, sq_distance=float(sq_dist[0]), log_accept=float(log_accept[0]))
 
     @staticmethod
     def _read_grad(p: Tensor, index) -> Tensor:
         return p.grad if index is None else p.grad[index]
-
-    def _diverged(self, chain: int, step: int, reason: str):
-        raise ChainDivergedError(self.component.name, chain, step, reason,
-                                 epsilon=self.epsilon, gamma=self.gamma, nbeta=self.nbeta)
-
-
-def _sq(x: Tensor) -> Tensor:
-    return x.pow(2).sum(dtype=torch.float64)
-
-
-def _total(terms: list[Tensor]) -> float:
-    return float(torch.stack(terms).sum()) if terms else 0.0

@@ -1,4 +1,4 @@
-"""Local learning coefficient estimation: weight- and data-refined, any torch model.
+"""Local learning coefficient estimation, the one entry point: weight- and data-refined, any torch model.
 
     llc_hat = nbeta * ( mean_t L_{B_t}(w_t) - L_init )                 (standard)
     llc_hat = nbeta *   mean_t ( L_{B_t}(w_t) - L_{B_t}(w*) )          (paired)
@@ -21,234 +21,140 @@ variation of the loss at w*, which cancels exactly in the mean, so its
 standard error is the honest one; the standard one's overstates the error.
 Each distinct batch's loss at w* is computed once (one forward pass), so
 both cost the same.
+
+Back-ends. :func:`estimate_llcs` sends single attention heads of a supported
+attention-only Transformer with the next-token loss to the batched head
+sampler (``rllc.sampling.fast``: every head x chain at once) and every other
+component to the generic back-end (``rllc.sampling.generic``: any model, any
+loss). Both use one update (``rllc.sampling.update``) and follow one
+reproducibility contract (``rllc.sampling.kernel``), so they agree to float
+tolerance on the same seeds. Neither calls back up into this module.
+
+Settings are :class:`rllc.sampling.settings.SGLDSettings`, given as an object
+(``settings=``) and/or as keyword arguments named like its fields.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-from rllc.models.components import ComponentSpec, resolve_component
-from rllc.sampling.data import (BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss,
-                                teacher_loss)
-from rllc.sampling.diagnostics import trace_summary
-from rllc.sampling.kernel import ProjectedSGLD, chain_seed
+from rllc.models.components import Component, ComponentSpec, heads, resolve_component
+from rllc.sampling import fast as heads_backend
+from rllc.sampling import generic
+from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
+from rllc.sampling.kernel import chain_seed
+from rllc.sampling.result import LLCEstimate
+from rllc.sampling.settings import SGLDSettings, split_settings
+
+COMPUTE_DTYPES = ("fp32", "bf16")
 
 
-@dataclass(eq=False)
-class LLCEstimate:
-    """An LLC estimate with its spread, traces, hyperparameters and diagnostics."""
+def estimate_llc(model: nn.Module, data: Iterable, *, component: ComponentSpec = None, **kwargs: Any) -> LLCEstimate:
+    """Estimate the (refined) LLC of one component of `model` at its current weights w*.
 
-    mean: float
-    std: float  # across chains (ddof=1; devinterp reports ddof=0)
-    per_chain: np.ndarray
-    loss_trace: np.ndarray = field(repr=False)  # [chains, draws]: L_{B_t}(w_t), burn-in excluded
-    init_loss: float
-    component: str
-    n_coords: int
-    hyperparameters: dict[str, Any]
-    diagnostics: dict[str, Any] = field(repr=False)
-
-    def to_row(self) -> dict[str, Any]:
-        """One flat row for a tidy table: the estimate, its hyperparameters and scalar diagnostics."""
-        d = self.diagnostics
-        row = {
-            "component": self.component,
-            "n_coords": self.n_coords,
-            "estimator": d["estimator"],
-            "llc_mean": self.mean,
-            "llc_std": self.std,
-            "llc_se": d["se"],
-            "init_loss": self.init_loss,
-            **self.hyperparameters,
-            "rhat": d["rhat"],
-            "ess": d["ess"],
-            "ess_tail": d["ess_tail"],
-            "mala_accept": d["mala_accept"],
-            "distance_max": float(np.max(d["distance_max"])),
-            "seconds": d["seconds"],
-            "seconds_per_step": d["seconds_per_step"],
-        }
-        for name in ("standard", "paired"):
-            if name in d:
-                for key in ("mean", "std", "se"):
-                    row[f"llc_{name}_{key}"] = d[name][key]
-        return row
+    Arguments as :func:`estimate_llcs`, with one `component` (None: the whole model).
+    """
+    key = _key(model, component)
+    return estimate_llcs(model, data, [component], **kwargs)[key]
 
 
-def estimate_llc(
+def estimate_llcs(
     model: nn.Module,
     data: Iterable,
+    components: Sequence[ComponentSpec] | None = None,
     *,
-    loss_fn: LossFn | None = None,
-    component: ComponentSpec = None,
-    epsilon: float = 1e-3,
-    nbeta: float = 30.0,
-    gamma: float = 200.0,
-    chains: int = 4,
-    draws: int = 200,
-    burn_in: int = 0,
+    settings: SGLDSettings | None = None,
     seed: int = 0,
-    paired: bool = True,
-    teacher: nn.Module | None = None,
-    weight_decay: float = 0.0,
-    bounding_box: float | None = None,
     chain_seeds: Sequence[int] | None = None,
-    max_loss_increase: float | None = None,
+    loss_fn: LossFn | None = None,
+    teacher: nn.Module | None = None,
     fast: bool | str = "auto",
-) -> LLCEstimate:
-    """Estimate the (refined) LLC of `model` at its current weights w*.
+    pair_chunk: int = 8,
+    compute_dtype: str = "fp32",
+    bf16_pilot_draws: int = 10,
+    **setting_values: Any,
+) -> dict[str, LLCEstimate]:
+    """The (refined) LLC of several components at w*: {name: LLCEstimate}, in the order given.
 
-    data: iterable of batches, cycled (batch t at step t for every chain).
-    loss_fn(model, batch) -> scalar mean loss; None: next-token cross-entropy
-        on token batches, or with `teacher`, cross-entropy against the
-        teacher's next-token distribution on the batches' contexts (a custom
-        loss_fn with a teacher receives (tokens, teacher_log_probs) batches).
-    component: which coordinates move (see rllc.models.components); None: all.
-    paired: report the paired estimator nbeta * mean_t(L_{B_t}(w_t) - L_{B_t}(w*))
-        (default) rather than the standard one; both have the same mean (the
-        reference loss is over the draws' own batches, see the module
-        docstring) and both are in .diagnostics; they differ in standard error.
-    chain_seeds: explicit generator seeds per chain (default chain_seed(seed, c)).
-    max_loss_increase: a draw whose loss exceeds L_init by more than this
-        raises ChainDivergedError (default 10 * max(1, |L_init|)).
+    data: iterable of batches, cycled (batch t at step t for every chain); read once.
+    components: specs of rllc.models.components ("1:6", "layer 0", "model", a Component...);
+        None: every attention head.
+    settings / setting_values: :class:`SGLDSettings`, or its fields as keywords (epsilon=, nbeta=,
+        gamma=, chains=, draws=, burn_in=, paired=, sampler=, ...), keywords overriding the object.
+        `paired` reports nbeta * mean_t(L_{B_t}(w_t) - L_{B_t}(w*)) (default) rather than the standard
+        estimator; both have the same mean and both are in .diagnostics.
+    seed: chain c's generator is seeded chain_seed(seed, c); every component gets the same seeds
+        (common random numbers across components). chain_seeds: explicit per-chain seeds instead.
+    loss_fn(model, batch) -> scalar mean loss; None: next-token cross-entropy on token batches, or
+        with `teacher`, cross-entropy against the teacher's next-token distribution (a custom loss_fn
+        with a teacher receives (tokens, teacher_log_probs) batches).
+    fast: "auto" (default) sends single heads "l:h" of a supported attention-only Transformer with
+        the default loss to the batched head sampler (rllc.sampling.fast) and the rest to the generic
+        back-end; True requires every component to take the batched path (error otherwise); False
+        never uses it. The back-ends agree to float tolerance on the same seeds.
+    pair_chunk: (head, chain) pairs per batched forward/backward of the head sampler.
+    compute_dtype: "bf16" runs the head sampler's unembedding matmuls in bfloat16 after a coupled
+        pilot of `bf16_pilot_draws` draws shows every head within half its Monte Carlo error of fp32
+        (else it warns Bf16Refused and runs fp32); other components always run fp32.
 
-    fast: "auto" (default) uses the batched attention-head sampler of
-        rllc.sampling.fast when the model is a supported attention-only
-        Transformer, the component is one head "l:h" and the loss is the
-        default next-token loss; True requires it (error if unsupported);
-        False always uses the generic kernel. Both follow the same
-        reproducibility contract, so they agree to float tolerance.
-
-    The model is used in its current train/eval mode and left exactly as it
-    was (weights bit for bit, requires_grad, .grad), also after an error.
+    The model is used in its current train/eval mode and left exactly as it was (weights bit for
+    bit, requires_grad, .grad), also after an error.
     """
+    s = split_settings(setting_values, settings)
     if fast not in (True, False, "auto"):
         raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
-    if fast is not False:
-        from rllc.sampling import fast as fast_mod
-
-        reason = fast_mod.unsupported_reason(model, [component], loss_fn=loss_fn, teacher=teacher)
-        if reason is None:
-            return fast_mod.estimate_llc_sweep(
-                model, data, components=[component], epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
-                draws=draws, burn_in=burn_in, seed=seed, paired=paired,
-                weight_decay=weight_decay, bounding_box=bounding_box, chain_seeds=chain_seeds,
-                max_loss_increase=max_loss_increase, fast=True)[component.strip()]
-        if fast is True:
-            raise ValueError(f"fast=True, but the fast path does not apply: {reason}")
-    if chains < 1 or draws < 1 or burn_in < 0:
-        raise ValueError(f"need chains >= 1, draws >= 1, burn_in >= 0; got "
-                         f"chains={chains}, draws={draws}, burn_in={burn_in}")
-    comp = resolve_component(model, component)
-    if loss_fn is None:
-        loss_fn = teacher_loss if teacher is not None else next_token_loss
-    stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None)
-    seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(chains)]
-    if len(seeds) != chains:
-        raise ValueError(f"chain_seeds has {len(seeds)} seeds for {chains} chains")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
+    if pair_chunk < 1:
+        raise ValueError(f"pair_chunk must be positive, got {pair_chunk}")
+    specs = list(heads(model)) if components is None else list(components)
+    keys = [_key(model, c) for c in specs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"components are repeated: {keys}")
+    seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(s.chains)]
+    if len(seeds) != s.chains:
+        raise ValueError(f"chain_seeds has {len(seeds)} seeds for {s.chains} chains")
     check_finite_weights(model)
 
-    start = time.perf_counter()
-    steps = burn_in + draws
-    ref = reference_losses(model, loss_fn, stream, steps)
-    init_loss = float(ref[burn_in:].mean())
-    increase = 10.0 * max(1.0, abs(init_loss)) if max_loss_increase is None else max_loss_increase
-    kernel = ProjectedSGLD(model, comp, loss_fn, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chain_seeds=seeds,
-                           weight_decay=weight_decay, bounding_box=bounding_box, max_loss=init_loss + increase)
-    losses = np.empty((chains, steps))
-    sq_dist = np.empty((chains, steps))
-    log_accept = np.full((chains, steps), np.nan)
-    with kernel:
-        for t in range(steps):
-            batch = stream[t]
-            for c in range(chains):
-                info = kernel.step(c, batch, loss_offset=ref[t])
-                losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
-    seconds = time.perf_counter() - start
+    batched, reasons = [], {}
+    for key, spec in zip(keys, specs):
+        reason = "fast=False" if fast is False else fast_reason(model, spec, loss_fn, teacher)
+        if reason is None:
+            batched.append(key)
+        else:
+            reasons[key] = reason
+    if fast is True and reasons:
+        key = next(iter(reasons))
+        raise ValueError(f"fast=True, but the fast path does not apply to {key}: {reasons[key]}")
 
-    return _assemble(losses=losses, sq_dist=sq_dist, log_accept=log_accept, ref=ref, init_loss=init_loss,
-                     burn_in=burn_in, draws=draws, chains=chains, nbeta=nbeta, paired=paired,
-                     n_distinct=stream.n_distinct, seconds=seconds, component=comp.name, n_coords=comp.n_coords,
-                     hyper=dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay,
-                                bounding_box=bounding_box, chains=chains, draws=draws, burn_in=burn_in,
-                                seed=seed, paired=paired, reference="draws",
-                                data_refinement="teacher" if teacher is not None else "data"))
-
-
-def _assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray, ref: np.ndarray,
-              init_loss: float, burn_in: int, draws: int, chains: int, nbeta: float, paired: bool,
-              n_distinct: int, seconds: float, component: str, n_coords: int, hyper: dict[str, Any],
-              steps_done: int | None = None) -> LLCEstimate:
-    """An LLCEstimate from the per-step records of one component's chains (shared by the fast path)."""
-    steps = burn_in + draws
-    trace = losses[:, burn_in:]
-    standard = _summarize(nbeta * (trace - init_loss))
-    diagnostics: dict[str, Any] = {
-        "estimator": "paired" if paired else "standard",
-        "standard": standard,
-        "chain_mean_loss": trace.mean(axis=1),
-        "chain_std_loss": trace.std(axis=1, ddof=1) if draws > 1 else np.full(chains, np.nan),
-        "mala_accept_per_chain": np.nanmean(np.minimum(1.0, np.exp(np.minimum(log_accept, 0.0))), axis=1)
-        if steps > 1 else np.full(chains, np.nan),
-        "distance_final": np.sqrt(sq_dist[:, -1]),
-        "distance_max": np.sqrt(sq_dist.max(axis=1)),
-        "distance_trace": np.sqrt(sq_dist),
-        "burn_in_loss_trace": losses[:, :burn_in],
-        "n_distinct_batches": n_distinct,
-        "seconds": seconds,
-        "seconds_per_step": seconds / ((steps_done or steps) * chains),
-    }
-    diagnostics["mala_accept"] = float(np.mean(diagnostics["mala_accept_per_chain"]))
-    diagnostics["paired"] = paired_summary = _summarize(nbeta * (trace - ref[None, burn_in:]))
-    diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
-    chosen = paired_summary if paired else standard
-    diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], ess_tail=chosen["ess_tail"], se=chosen["se"],
-                       burn_in=burn_in)
-    return LLCEstimate(mean=chosen["mean"], std=chosen["std"], per_chain=chosen["per_chain"], loss_trace=trace,
-                       init_loss=init_loss, component=component, n_coords=n_coords, hyperparameters=hyper,
-                       diagnostics=diagnostics)
+    stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None)
+    hyper = dict(seed=seed, reference="draws", data_refinement="teacher" if teacher is not None else "data")
+    out: dict[str, LLCEstimate] = {}
+    if batched:
+        out.update(heads_backend.run_heads(model, stream, batched, s, seeds, hyper, pair_chunk=pair_chunk,
+                                  compute_dtype=compute_dtype, bf16_pilot_draws=bf16_pilot_draws))
+    if reasons:
+        loss = loss_fn if loss_fn is not None else teacher_loss if teacher is not None else next_token_loss
+        for key, spec in zip(keys, specs):
+            if key in reasons:
+                comp = resolve_component(model, spec)
+                out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper)
+    return {key: out[key] for key in keys}
 
 
-def _summarize(draw_values: np.ndarray) -> dict[str, Any]:
-    """Estimate, spreads and ArviZ diagnostics from per-draw values nbeta*(L - reference), [chains, draws].
-
-    `se` is the Monte Carlo standard error of the mean of all draws (arviz-stats' MCSE, which accounts
-    for autocorrelation within chains and differences between them).
-    """
-    per_chain = draw_values.mean(axis=1)
-    summary = trace_summary(draw_values)
-    return {
-        "mean": float(per_chain.mean()),
-        "std": float(per_chain.std(ddof=1)) if per_chain.size > 1 else math.nan,
-        "per_chain": per_chain,
-        "se": summary["mcse"],
-        "draw_std": float(draw_values.std(ddof=1)) if draw_values.size > 1 else math.nan,
-        "rhat": summary["rhat"],
-        "ess": summary["ess_bulk"],
-        "ess_tail": summary["ess_tail"],
-    }
+def fast_reason(model: nn.Module, spec: ComponentSpec, loss_fn: LossFn | None, teacher: nn.Module | None) -> str | None:
+    """None if `spec` takes the batched head sampler; else why not (one line)."""
+    if not isinstance(spec, str):
+        return f"component {getattr(spec, 'name', spec)!r} is not a single head 'l:h'"
+    return heads_backend.unsupported_reason(model, [spec], loss_fn=loss_fn, teacher=teacher)
 
 
-@torch.no_grad()
-def reference_losses(model: nn.Module, loss_fn: LossFn, stream: BatchStream, steps: int) -> np.ndarray:
-    """L_{B_t}(w*) for t = 0..steps-1: one forward pass per distinct batch, repeated as the stream cycles."""
-    by_batch: dict[int, float] = {}
-    out = np.empty(steps)
-    for t in range(steps):
-        i = stream.index(t)
-        if i not in by_batch:
-            value = float(loss_fn(model, stream[t]))
-            if not math.isfinite(value):
-                raise ValueError(f"the loss at w* on batch {i} is {value} although data and weights are finite; "
-                                 "check loss_fn")
-            by_batch[i] = value
-        out[t] = by_batch[i]
-    return out
+def _key(model: nn.Module, spec: ComponentSpec) -> str:
+    if isinstance(spec, str):
+        return spec.strip()
+    if isinstance(spec, Component):
+        return spec.name
+    return resolve_component(model, spec).name

@@ -1,0 +1,45 @@
+"""The generic back-end: SGLD chains on one component of any torch model, with any loss.
+
+One :class:`rllc.sampling.kernel.ProjectedSGLD` per component; chains in
+lockstep on one minibatch stream (step t: batch t for every chain). Called by
+the entry point ``rllc.sampling.llc``; never calls back up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from rllc.models.components import Component
+from rllc.sampling.data import BatchStream, LossFn, reference_losses
+from rllc.sampling.kernel import ProjectedSGLD
+from rllc.sampling.result import LLCEstimate, assemble
+from rllc.sampling.settings import SGLDSettings
+
+
+def run(model: nn.Module, stream: BatchStream, loss_fn: LossFn, comp: Component, settings: SGLDSettings,
+        seeds: Sequence[int], hyper: dict[str, Any]) -> LLCEstimate:
+    """The estimate of one component; `hyper` (seed, data refinement...) joins the settings in its record."""
+    s = settings
+    start = time.perf_counter()
+    steps = s.burn_in + s.draws
+    ref = reference_losses(model, loss_fn, stream, steps)
+    init_loss = float(ref[s.burn_in:].mean())
+    kernel = ProjectedSGLD(model, comp, loss_fn, settings=s, chain_seeds=seeds, max_loss=s.max_loss(init_loss))
+    losses = np.empty((s.chains, steps))
+    sq_dist = np.empty((s.chains, steps))
+    log_accept = np.full((s.chains, steps), np.nan)
+    with kernel:
+        for t in range(steps):
+            batch = stream[t]
+            for c in range(s.chains):
+                info = kernel.step(c, batch, loss_offset=ref[t])
+                losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
+    seconds = time.perf_counter() - start
+    return assemble(losses=losses, sq_dist=sq_dist, log_accept=log_accept, ref=ref, init_loss=init_loss,
+                    settings=s, n_distinct=stream.n_distinct, seconds=seconds, component=comp.name,
+                    n_coords=comp.n_coords, hyper=hyper)
