@@ -97,8 +97,8 @@ class SGLDSettings:
                 raise ValueError(f"{f.name} must be finite, got {value!r}")
             if meta["check"] is not None and not meta["check"](value):
                 raise ValueError(f"{f.name} must be {meta['rule']}, got {value!r}")
-        for name in ("epsilon", "nbeta", "gamma", "weight_decay", "rmsprop_alpha", "rmsprop_eps"):
-            object.__setattr__(self, name, float(getattr(self, name)))  # one canonical type for hashing
+            if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # one canonical type for hashing
 
     # --- derived views -----------------------------------------------------------------------
 
