@@ -75,7 +75,8 @@ def head_masks(model, layer, head):
 # sqrt(eps) = 0.03. rmsprop: devinterp's rmsprop_sgld at its default alpha 0.99, eps 0.1 (also ours).
 CASES = {"model": (None, 0.0, None, "sgld"), "head 1:2": ("1:2", 0.0, None, "sgld"),
          "head 1:2, wd + box": ("1:2", 20.0, 0.02, "sgld"), "head 1:2, rmsprop": ("1:2", 0.0, None, "rmsprop"),
-         "model, rmsprop + wd": (None, 20.0, None, "rmsprop")}
+         "model, rmsprop + wd": (None, 20.0, None, "rmsprop"), "head 1:2, noise 0.5": ("1:2", 0.0, None, "sgld")}
+NOISE = {"head 1:2, noise 0.5": 0.5}  # devinterp's noise_level (default 1)
 DEVINTERP_SAMPLER = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}
 
 
@@ -91,7 +92,7 @@ def devinterp_runs(setup, tmp_path_factory):
                 llc_weight_decay=wd, bounding_box_size=box,
                 param_masks=None if comp is None else head_masks(model, 1, 2), num_chains=CHAINS,
                 num_draws=DRAWS, batch_size=BATCH, num_init_loss_batches=INIT_BATCHES, init_seed=INIT_SEED,
-                sampling_method=DEVINTERP_SAMPLER[sampler],
+                sampling_method=DEVINTERP_SAMPLER[sampler], noise_level=NOISE.get(case, 1.0),
                 output_path=tmp_path_factory.mktemp("devinterp") / "samples.zarr")
     return out
 
@@ -103,7 +104,7 @@ def test_same_seeds_reproduce_devinterp_trajectories(setup, devinterp_runs, case
     ref = devinterp_runs[case]
     mine = estimate_llc(model, batches, component=component, chains=CHAINS, draws=DRAWS,
                         chain_seeds=[INIT_SEED + c for c in range(CHAINS)], weight_decay=weight_decay,
-                        bounding_box=box, paired=False, sampler=sampler, **HYPER)
+                        bounding_box=box, paired=False, sampler=sampler, noise_level=NOISE.get(case, 1.0), **HYPER)
     np.testing.assert_allclose(mine.loss_trace, ref.loss_trace.values, rtol=1e-5)
     # devinterp's reference is the loss at w* over its first INIT_BATCHES batches; ours is over the draws'
     # batches. Same losses at w*, so with devinterp's reference our chains give devinterp's numbers.

@@ -74,12 +74,14 @@ def test_backends_never_import_the_entry_point():
         assert not any(m and m.startswith("rllc.sampling") and m.endswith(".llc") for m in imported), name
 
 
-def test_rmsprop_mala_ratio_is_the_preconditioned_proposals():
+@pytest.mark.parametrize("noise_level", [1.0, 0.5])
+def test_rmsprop_mala_ratio_is_the_preconditioned_proposals(noise_level):
     """Full-batch quadratic loss: after two steps, the ratio of the first move w* -> w1, by hand."""
     problem = make_linear_regression(d=3, n=200, seed=1)
     model, loss_fn = problem.model, problem.loss_fn
     batch = problem.data[0]  # one full batch
-    s = SGLDSettings(sampler="rmsprop", epsilon=1e-3, nbeta=50.0, gamma=2.0, rmsprop_alpha=0.9, rmsprop_eps=0.05)
+    s = SGLDSettings(sampler="rmsprop", epsilon=1e-3, nbeta=50.0, gamma=2.0, rmsprop_alpha=0.9, rmsprop_eps=0.05,
+                     noise_level=noise_level)
     comp = resolve_component(model, None)
 
     def loss_and_grad(w):
@@ -107,6 +109,6 @@ def test_rmsprop_mala_ratio_is_the_preconditioned_proposals():
     drift = lambda w, g: s.nbeta * g + s.gamma * (w - ws)
     U = lambda w, l: s.nbeta * (l - l0) + 0.5 * s.gamma * float(((w - ws) ** 2).sum())
     log_q = lambda to, frm, g: -float((((to - frm + 0.5 * s.epsilon * G * drift(frm, g)) ** 2) / G).sum()) / (
-        2 * s.epsilon)
+        2 * s.epsilon * noise_level ** 2)
     expected = -(U(w1, l1) - U(ws, l0)) + log_q(ws, w1, g1) - log_q(w1, ws, g0)
     assert info.log_accept == pytest.approx(expected, rel=1e-3, abs=1e-3)

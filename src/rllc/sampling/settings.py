@@ -81,6 +81,9 @@ class SGLDSettings:
                                    lambda x: 0 <= x < 1, "in [0, 1)", hash="if_changed", kind=(int, float))
     rmsprop_eps: float = setting(0.1, "rmsprop: stability constant of the preconditioner 1 / (eps + sqrt(V))",
                                  _positive, "positive", hash="if_changed", kind=(int, float))
+    noise_level: float = setting(1.0, "standard deviation of the injected noise (1: SGLD; other values temper the "
+                                      "chains and void the posterior guarantee; devinterp's noise_level)",
+                                 _positive, "positive", hash="if_changed", kind=(int, float))
     max_loss_increase: float | None = setting(None, "a draw whose loss exceeds L(w*) by more than this stops "
                                                     "the estimate as diverged (none: 10 * max(1, |L(w*)|))",
                                               lambda x: x is None or x > 0, "positive or none", hash="if_changed",

@@ -12,7 +12,7 @@ With D(w) = nbeta * grad L_B(w) + gamma * (w - w*) + weight_decay * w:
 
 sgld (Welling & Teh 2011; devinterp 2.0.1's SGMCMC.sgld, same float order)::
 
-    w' = w - (eps/2) D(w) + sqrt(eps) xi
+    w' = w - (eps/2) D(w) + sqrt(eps) sigma xi           (sigma = noise_level, 1 for SGLD)
 
 rmsprop (pSGLD: Li, Chen, Carlson & Carin 2016, "Preconditioned stochastic
 gradient Langevin dynamics for deep neural networks", AAAI; devinterp 2.0.1's
@@ -21,7 +21,7 @@ there)::
 
     V  = alpha V + (1 - alpha) g*g          g = grad L_B(w), V_0 = 0
     G  = 1 / (rmsprop_eps + sqrt(V))
-    w' = w - (eps/2) G D(w) + sqrt(eps G) xi
+    w' = w - (eps/2) G D(w) + sqrt(eps G) sigma xi
 
 then the optional bounding box clamps w' to w* +- box.
 
@@ -132,7 +132,7 @@ class ChainBlock:
                 backward_sq += sq(wp - w + (0.5 * eps) * drift)
             w_next = w.clone()
             w_next.add_(drift, alpha=-0.5 * eps)
-            w_next.add_(precond.sqrt() * xi if rms else xi, alpha=sqrt_eps)
+            w_next.add_(precond.sqrt() * xi if rms else xi, alpha=sqrt_eps * s.noise_level)
             if s.bounding_box is not None:
                 torch.clamp_(w_next, min=w0 - s.bounding_box, max=w0 + s.bounding_box)
             dist_sq += sq(diff)
@@ -150,7 +150,7 @@ class ChainBlock:
             + 0.5 * s.weight_decay * norm
         had = self.has_prev[rows]
         log_accept = np.where(had, -(potential - self.potential_prev[rows]) - (bwd - self.forward_sq_prev[rows])
-                              / (2 * eps), np.nan)
+                              / (2 * eps * s.noise_level ** 2), np.nan)
         self.has_prev[rows] = True
         self.potential_prev[rows], self.forward_sq_prev[rows] = potential, fwd
         return dist, log_accept
