@@ -27,9 +27,11 @@ class NonFiniteDataError(ValueError):
 
 
 class BatchStream:
-    """Batch t of `data`, cycling; each batch is checked for NaN/Inf once, when first read."""
+    """Batch t of `data`, cycling; each batch is checked for NaN/Inf once, when first read, and moved to
+    `device` (the model's) if given, so CPU batches serve a model on a GPU."""
 
-    def __init__(self, data: Iterable, prepare: Callable[[Any], Any] | None = None):
+    def __init__(self, data: Iterable, prepare: Callable[[Any], Any] | None = None,
+                 device: torch.device | None = None):
         if isinstance(data, Tensor):
             raise TypeError("data must be an iterable of batches (e.g. a list of LongTensor[batch, pos]), "
                             "not one tensor; wrap a single batch in a list")
@@ -37,6 +39,7 @@ class BatchStream:
         self._cache: list = []
         self._prepare = prepare
         self._prepared: tuple[int, Any] | None = None
+        self._device = device
 
     def raw(self, t: int) -> Any:
         while self._source is not None and len(self._cache) <= t:
@@ -46,7 +49,7 @@ class BatchStream:
                 self._source = None
                 break
             check_finite(batch, f"batch {len(self._cache)} of the data")
-            self._cache.append(batch)
+            self._cache.append(batch if self._device is None else to_device(batch, self._device))
         if not self._cache:
             raise ValueError("data yielded no batches")
         return self._cache[t % len(self._cache)]
@@ -70,6 +73,18 @@ class BatchStream:
     def n_distinct(self) -> int:
         """Distinct batches read so far."""
         return len(self._cache)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """The tensors of a batch (a tensor, or a dict / tuple / list of them) on `device`."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        values = [to_device(value, device) for value in obj]
+        return type(obj)(*values) if hasattr(obj, "_fields") else type(obj)(values)
+    return obj
 
 
 def check_finite(obj: Any, where: str, path: str = "") -> None:

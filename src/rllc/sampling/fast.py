@@ -59,7 +59,7 @@ from rllc.models.components import HEAD_PARAMS, _HEAD
 from rllc.sampling.data import BatchStream, next_token_loss, reference_losses, tokens_of
 from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings
-from rllc.sampling.update import ChainBlock
+from rllc.sampling.update import ChainBlock, accumulator
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
 BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
@@ -292,7 +292,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x) if want_x else None
         grad_m = torch.zeros((k, *m.shape[-2:]), dtype=m.dtype, device=m.device) if want_m else None
         grad_inv = torch.empty_like(inv_scale) if want_inv else None
-        loss = torch.zeros(k, dtype=torch.float64, device=x.device)
+        loss = torch.zeros(k, dtype=accumulator(x.device), device=x.device)
         lo_x, lo_m = (x, m) if low is None else (x.to(low), m.to(low))
         for i in range(k):
             m_i = lo_m[i] if m.dim() == 3 else lo_m
@@ -314,7 +314,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 top = logits.amax(1, keepdim=True)
                 p = logits.sub_(top).exp_()
                 total = p.sum(1, keepdim=True)
-                loss[i] += (top + total.log() - target_logit).sum(dtype=torch.float64)
+                loss[i] += (top + total.log() - target_logit).sum(dtype=loss.dtype)
                 if not (want_x or want_m or want_inv):
                     continue
                 # d loss / d logits = (softmax - onehot) / N; through the scale, times inv_scale.
@@ -456,7 +456,7 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
                 with torch.enable_grad():
                     pair_loss = _pair_losses(model, cache, layer, group.head_of_pair[lo:hi], ws, chains, low)
                     chunk_grads = torch.autograd.grad(pair_loss.sum(), ws)
-                step_loss[lo:hi] = pair_loss.detach().double().cpu().numpy()
+                step_loss[lo:hi] = pair_loss.detach().cpu().double().numpy()
                 for g_all, g in zip(grads, chunk_grads):
                     g_all[lo:hi] = g
             everything = slice(0, group.n_pairs)

@@ -130,7 +130,8 @@ def estimate_llcs(
         key = next(iter(reasons))
         raise ValueError(f"fast=True, but the fast path does not apply to {key}: {reasons[key]}")
 
-    stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None)
+    device = next((p.device for p in model.parameters()), None)
+    stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None, device=device)
     hyper = dict(seed=seed, reference="draws", data_refinement="teacher" if teacher is not None else "data")
     out: dict[str, LLCEstimate] = {}
     if batched:

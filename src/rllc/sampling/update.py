@@ -48,9 +48,14 @@ from rllc.sampling.diagnostics import ChainDivergedError
 from rllc.sampling.settings import SGLDSettings
 
 
+def accumulator(device: torch.device) -> torch.dtype:
+    """float64 for the sums of squares, except where the device has none (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def sq(x: Tensor) -> Tensor:
-    """Per-row sum of squares in float64: [k, ...] -> [k]."""
-    return x.pow(2).flatten(1).sum(-1, dtype=torch.float64)
+    """Per-row sum of squares in float64 (see accumulator): [k, ...] -> [k]."""
+    return x.pow(2).flatten(1).sum(-1, dtype=accumulator(x.device))
 
 
 class ChainBlock:
@@ -106,7 +111,7 @@ class ChainBlock:
         rms = self.square_avg is not None
         n = len(losses)
         device = self.w[0].device
-        dist_sq, norm_sq, forward_sq, backward_sq = (torch.zeros(n, dtype=torch.float64, device=device)
+        dist_sq, norm_sq, forward_sq, backward_sq = (torch.zeros(n, dtype=accumulator(device), device=device)
                                                      for _ in range(4))
         for i, (g, xi) in enumerate(zip(grads, noise)):
             w, w0, wp = self.w[i][rows], self.w_star[i][rows], self.w_prev[i][rows]
