@@ -285,3 +285,25 @@ def test_removed_init_loss_batches_is_a_clear_error(tmp_path):
         read_toml(tmp_path / "old.toml", ESTIMATE_DEFAULTS)
     with pytest.raises(RunError, match="was removed"):
         merge_options(ESTIMATE_DEFAULTS, {"init_loss_batches": 4})
+
+
+def test_sampler_setting_through_the_cli(series, tmp_path):
+    """`rllc estimate --sampler rmsprop` as a user types it: rows under a new hash, the settings in each row, the
+    stored number the entry point's on the same seed and batches."""
+    from rllc.cli import main
+
+    run = tmp_path / "run"
+    common = ["estimate", str(series), "--out", str(run), "--datasets", "random", "--chains", "2", "--draws", "6",
+              "--batch-size", "4", "--steps", "45", "--components", "1:2,layer:0", "--quiet", "--threads", "1"]
+    assert main(common) == 0
+    assert main(common + ["--sampler", "rmsprop", "--rmsprop-alpha", "0.9"]) == 0
+    df = load_results(run)
+    assert df["config_hash"].nunique() == 2 and len(df) == 4
+    diags = [json.loads(d) for d in df["diagnostics"]]
+    assert sorted(d["sampler"] for d in diags) == ["rmsprop", "rmsprop", "sgld", "sgld"]
+    assert all(d["rmsprop_alpha"] == (0.9 if d["sampler"] == "rmsprop" else 0.99) for d in diags)
+    row = df[(df.component == "1:2").to_numpy() & np.array([d["sampler"] == "rmsprop" for d in diags])].iloc[0]
+    batches = list(resolve_dataset("random", rllc.load_checkpoints(series), batch_size=4, seed=0).batches(6))
+    again = estimate_llcs(rllc.load_checkpoints(series)[45], batches, components=["1:2"], chains=2, draws=6,
+                          seed=json.loads(row["diagnostics"])["seed"], sampler="rmsprop", rmsprop_alpha=0.9)
+    assert again["1:2"].mean == pytest.approx(row["value"], rel=1e-5)
