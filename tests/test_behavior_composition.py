@@ -72,3 +72,21 @@ def test_random_weights_score_near_the_random_baseline(model):
     df = composition_scores(model, progress=False)
     assert abs(df["value"].mean() - mean) < 3 * std
     assert (df["baseline"] == mean).all() and (df["baseline_std"] == std).all()
+
+
+def test_a_zero_norm_head_composes_with_nothing(model):
+    """A pruned head (W_O = 0) scores 0 with every receiver, not 0/0 = NaN; the other pairs are unchanged."""
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        pruned.blocks[0].attn.W_O[1].zero_()  # sender 0:1 writes nothing
+        pruned.blocks[2].attn.W_Q[3].zero_()  # receiver 2:3 reads no query
+    before = composition_scores(model, progress=False).set_index(["sender", "receiver", "side"])["value"]
+    df = composition_scores(pruned, progress=False)
+    assert df["value"].notna().all()
+    after = df.set_index(["sender", "receiver", "side"])["value"]
+    sent = df[df.sender == "0:1"]
+    assert len(sent) == 2 * 3 * 4 and (sent["value"] == 0).all()  # to layers 1 and 2, every side
+    assert (df[(df.receiver == "2:3") & (df.side == "q")]["value"] == 0).all()
+    untouched = (df.sender != "0:1") & ~((df.receiver == "2:3") & (df.side.isin(["q", "k"])))
+    keys = df[untouched].set_index(["sender", "receiver", "side"]).index
+    torch.testing.assert_close(torch.tensor(after[keys].to_numpy()), torch.tensor(before[keys].to_numpy()))

@@ -117,3 +117,17 @@ def test_all_signals_for_one_checkpoint_are_tidy(run_dir):
     assert np.isfinite(numeric).all()
     pairs = df[df.signal.isin(["path_patching", "composition"])]
     assert pairs["head"].isna().all() and pairs[["sender", "receiver"]].notna().all().all()
+
+
+def test_a_model_whose_heads_write_nothing_has_every_signal_defined():
+    """W_O = 0 in every head (pruned, or zero-initialised output projections): composition 0, Gini 0, PR
+    defined, the undefined kurtosis row left out; no NaN for `rllc probe` to store."""
+    model = Transformer(ModelConfig(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=40, seed=1))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_O.zero_()
+    df = all_signals(model, batch_size=4, pr_examples=8, score_batch_size=4, progress=False)
+    assert np.isfinite(df[df.signal != "head_class"]["value"].to_numpy(dtype=float)).all()
+    assert (df[df.signal == "composition"]["value"] == 0).all()
+    stats = df[df.signal.str.startswith("dla_abs_")].set_index("signal")["value"]
+    assert stats["dla_abs_gini"] == 0 and "dla_abs_kurtosis" not in stats.index

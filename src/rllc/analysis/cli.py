@@ -18,10 +18,16 @@ ALGORITHM_CHOICES = ("kmeans", "ward", "kshape", "dtw")
 
 
 def load_results_table(run_dir):
-    """The run's results table (`rllc.runs.load_results`)."""
+    """The run's results table (`rllc.runs.load_results`); a run without results is an error naming the run
+    directory and the command that would produce them."""
     from rllc.runs import load_results
+    from rllc.runs.options import RunError
+    from rllc.runs.store import no_results_message
 
-    return load_results(run_dir)
+    df = load_results(run_dir)
+    if df.empty:
+        raise RunError(no_results_message(run_dir))
+    return df
 
 
 def load_config(run_dir) -> dict:

@@ -100,25 +100,31 @@ def direct_logit_attribution(
 
 
 def gini(values: Sequence[float]) -> float:
-    """Gini coefficient of non-negative values: 0 when all are equal, (n-1)/n
-    when one holds everything."""
+    """Gini coefficient of non-negative values: 0 when all are equal (all zero included), (n-1)/n
+    when one holds everything; NaN for no values."""
     x = np.sort(np.asarray(values, dtype=float))
     n, total = len(x), x.sum()
-    if n == 0 or total <= 0:
+    if n == 0:
         return float("nan")
+    if total <= 0:
+        return 0.0
     return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * x) / (n * total))
 
 
 def engagement_stats(rows: pd.DataFrame, signal: str = "dla_abs") -> pd.DataFrame:
     """Shape of the distribution of a per-head signal across heads, per step
     and dataset: Gini (of |value|), interquartile range and excess kurtosis.
-    Rows: step, signal "<signal>_gini" / "_iqr" / "_kurtosis", head "", dataset, value."""
+    Rows: step, signal "<signal>_gini" / "_iqr" / "_kurtosis", head "", dataset, value. The kurtosis
+    row is left out where every head has the same value (0/0: no spread to describe)."""
     sel = rows[rows["signal"] == signal]
     out = []
     for (s, name), group in sel.groupby(["step", "dataset"], dropna=False, sort=False):
         x = group["value"].to_numpy(dtype=float)
         step = None if pd.isna(s) else s
         q75, q25 = np.percentile(x, [75, 25])
-        for stat, value in (("gini", gini(np.abs(x))), ("iqr", q75 - q25), ("kurtosis", stats.kurtosis(x))):
+        kurtosis = stats.kurtosis(x) if np.ptp(x) > 0 else None
+        for stat, value in (("gini", gini(np.abs(x))), ("iqr", q75 - q25), ("kurtosis", kurtosis)):
+            if value is None:
+                continue
             out.append(dict(step=step, signal=f"{signal}_{stat}", head="", dataset=name, value=float(value)))
     return rows_frame(out)

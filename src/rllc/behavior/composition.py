@@ -6,6 +6,10 @@ of the later head (row-vector convention, as TransformerLens). Products of
 d_model x d_model matrices are never formed: with left = A B and right = C D
 (A, C: d_model x d_head), ||A B C D||^2 = tr(M^T (A^T A) M (D D^T)) with the
 d_head x d_head matrix M = B C, so every head pair costs a few small matmuls.
+
+A pair in which either matrix is zero (a pruned or dead head: W_O = 0, or a
+receiver with W_Q = 0, ...) scores 0, not 0/0: a head that writes or reads
+nothing composes with nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ SIDES = ("q", "k", "v")
 
 
 def factored_composition(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
-    """||A B C D||_F / (||A B||_F ||C D||_F) over broadcast leading dims.
+    """||A B C D||_F / (||A B||_F ||C D||_F) over broadcast leading dims; 0 where A B or C D is zero.
 
     A: [..., d, e], B: [..., e, d], C: [..., d, e2], D: [..., e2, d]."""
     g_a, g_b = A.mT @ A, B @ B.mT
@@ -41,7 +45,9 @@ def factored_composition(A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
     num2 = ((g_a @ m @ g_d) * m).sum((-2, -1)).clamp(min=0)
     left2 = (g_a * g_b).sum((-2, -1))
     right2 = (g_c * g_d).sum((-2, -1))
-    return (num2 / (left2 * right2)).sqrt()
+    denom = left2 * right2
+    # A zero factor makes the numerator zero too: score it 0 (a zero-norm head composes with nothing).
+    return torch.where(denom > 0, num2 / denom.where(denom > 0, torch.ones_like(denom)), torch.zeros_like(denom)).sqrt()
 
 
 def head_weights(model: Transformer, layer: int, fold_ln: bool) -> dict[str, Tensor]:

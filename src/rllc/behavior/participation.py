@@ -32,11 +32,11 @@ from rllc.models.transformer import Transformer
 
 
 def participation_ratio(z: Tensor) -> float:
-    """PR of a [n_examples, d] matrix (NaN if it is all zeros)."""
+    """PR of a [n_examples, d] matrix (0 if it is all zeros: no direction at all, its rank)."""
     sigma2 = torch.linalg.svdvals(z.double()) ** 2
     total = sigma2.sum()
     if total <= 0:
-        return float("nan")
+        return 0.0
     p = sigma2[sigma2 > 0] / total
     return torch.exp(-(p * p.log()).sum()).item()
 

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rllc.models.checkpoints import CheckpointError, CheckpointSeries, load_checkpoints
+from rllc.progress import progress_bar
 from rllc.runs import backends
 from rllc.runs.datasets import Dataset, default_datasets, resolve_dataset
 from rllc.runs.options import (
@@ -29,7 +30,7 @@ from rllc.runs.options import (
     validate_execution_options,
 )
 from rllc.runs.plan import Task, expand_components, plan_estimates, plan_probes, select_steps
-from rllc.runs.store import Store, rhat_summary, rhat_summary_lines
+from rllc.runs.store import NonFiniteValue, Store, rhat_summary, rhat_summary_lines
 from rllc.runs.tasks import Payload
 
 LOG_NAME = "run.log"
@@ -97,7 +98,7 @@ def run_probe(checkpoint_dir: str | Path, out: str | Path, **options: Any) -> Ru
                 for s in opts["datasets"]]
     for ds in datasets:
         if ds.teacher is not None or ds.is_self:
-            raise RunError(f"rllc probe: dataset {ds.spec!r} has no fixed tokens; use a corpus, file or synthetic set")
+            raise RunError(f"dataset {ds.spec!r} has no fixed tokens for probes; use a corpus, file or synthetic set")
     tasks = plan_probes(series, steps, datasets or [None], opts)
     return execute_plan("probe", series, out, tasks, datasets, opts, [])
 
@@ -148,16 +149,20 @@ def execute_plan(kind: str, series: CheckpointSeries, out: str | Path, tasks: li
             store.record_error(task, message, detail)
             log(f"FAILED {task.describe()}: {message}", echo=True)
 
-        bar = tqdm(total=len(tasks), initial=summary.skipped, unit="task", desc=f"rllc {kind}",
-                   disable=opts["quiet"], file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total=len(tasks), initial=summary.skipped, unit="task", desc=f"rllc {kind}",
+                           disable=opts["quiet"], file=sys.stderr)
         try:
             for task, result in dispatch(jobs(series, todo, datasets, failed, bar), opts):
                 if result.error:
                     failed(task, result.error, result.traceback)
                 else:
-                    store.commit(task, result)
-                    summary.done += 1
-                    log(f"done {task.describe()} in {result.seconds:.2f} s on {result.worker}")
+                    try:
+                        store.commit(task, result)
+                    except NonFiniteValue as e:  # a NaN/Inf value refused: this task failed, the run goes on
+                        failed(task, str(e))
+                    else:
+                        summary.done += 1
+                        log(f"done {task.describe()} in {result.seconds:.2f} s on {result.worker}")
                 bar.update(1)
         finally:
             bar.close()

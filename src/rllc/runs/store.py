@@ -10,11 +10,15 @@ place, so a run killed at any instant leaves either the whole task or no
 trace of it in the tables; a rerun recomputes exactly the missing tasks.
 Rows are keyed by (checkpoint, kind, signal, component, variant, dataset,
 config_hash): a changed hyperparameter is a new key, never an overwrite.
+Every stored value is finite: `commit` refuses a task with a NaN/Inf value
+(`NonFiniteValue`, which the runner records as a failed task), so no path can
+add a silent NaN row.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import tempfile
@@ -60,6 +64,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS errors (task TEXT NOT NULL, run_id INTEGER, at REAL NOT NULL, message TEXT NOT NULL,
     detail TEXT);
 """
+
+
+class NonFiniteValue(RunError):
+    """A task produced a NaN/Inf value: none of its rows is stored (the runner marks the task failed)."""
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -158,10 +166,11 @@ class Store:
     # --- writing one finished task ---------------------------------------------
 
     def commit(self, task: Task, result: TaskResult) -> None:
+        check_finite(task, result.rows)  # before anything is written, traces included
         trace_file = self.write_traces(task, result.traces) if result.traces else None
         now = time.time()
         rows = [(task.key, task.step, task.checkpoint, task.kind, r["signal"], r["component"], r["variant"],
-                 r["dataset"], nan_to_none(r["value"]), nan_to_none(r["spread"]), task.config_hash, r["seconds"],
+                 r["dataset"], float(r["value"]), nan_to_none(r["spread"]), task.config_hash, r["seconds"],
                  json.dumps(r["diagnostics"], allow_nan=False)) for r in result.rows]
         with self.conn:  # one transaction: all of the task or nothing
             self.conn.executemany(
@@ -206,6 +215,18 @@ class Store:
         return pd.DataFrame([r for r in rows if r[:4] in wanted], columns=columns)
 
 
+def check_finite(task: Task, rows: list[dict[str, Any]]) -> None:
+    """Raise NonFiniteValue naming the first row whose value is not a finite number."""
+    for r in rows:
+        value = r["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            variant = f" ({r['variant']})" if r.get("variant") else ""
+            raise NonFiniteValue(
+                f"{r['signal']} of {r['component']}{variant} on {r['dataset']} is {value!r}, not a finite number; "
+                f"the store keeps finite values only, so none of the task's {len(rows)} rows was stored "
+                "(an undefined signal or a diverged estimate: see the task's inputs and settings)")
+
+
 def trace_name(task: Task) -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task.dataset)
     return f"{task.estimator}-{Path(task.checkpoint).stem}-{safe}-{task.config_hash}-{task.key.rsplit('|', 1)[1]}.npz"
@@ -225,9 +246,31 @@ def connect(path: Path) -> sqlite3.Connection:
 def open_existing(run_dir: str | Path) -> sqlite3.Connection:
     path = db_path(run_dir)
     if not path.is_file():
-        raise RunError(f"{run_dir}: no results store ({DB_NAME}); create one with "
+        where = "no such directory" if not Path(run_dir).exists() else DB_NAME
+        raise RunError(f"{run_dir}: no results store ({where}); create one with "
                        f"`rllc estimate CKPT_DIR --out {run_dir}` or `rllc probe CKPT_DIR --out {run_dir}`")
     return connect(path)
+
+
+def no_results_message(run_dir: str | Path) -> str:
+    """One line for a store without results: which run directory, why (empty, or every task failed), and the
+    command that would produce them."""
+    conn = open_existing(run_dir)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        kinds = [k for (k,) in conn.execute("SELECT DISTINCT kind FROM runs ORDER BY id")]
+        failed = conn.execute("SELECT COUNT(DISTINCT task) FROM errors").fetchone()[0]
+        first = conn.execute("SELECT message FROM errors ORDER BY at DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    ckpt = meta.get("checkpoint_dir", "CKPT_DIR")
+    commands = " or ".join(f"`rllc {k} {ckpt} --out {run_dir}`" for k in (kinds or ["estimate", "probe"]))
+    if failed:
+        last = first[0].splitlines()[0] if first and first[0] else ""
+        last = last if len(last) <= 160 else last[:157] + "..."
+        return (f"{run_dir}: no results: its {failed} task(s) failed (last error: {last}; all in {run_dir}/run.log); "
+                f"fix the cause and rerun {commands}")
+    return f"{run_dir}: no results yet (the store is empty); compute them with {commands}"
 
 
 # --- reading ------------------------------------------------------------------
