@@ -129,9 +129,14 @@ def load_token_array(path: str | os.PathLike[str], vocab_size: int | None = None
         raise DataFileNotFoundError(f"{path}: no such token array; save one with numpy.save(path, ids)")
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: token arrays must be .npy files (numpy.save); for text use load_corpus")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # else np.load would take random bytes for a pickle
+        raise DataError(f"{path}: not a .npy file (no NumPy header): it is corrupt or another format; save ids "
+                        "with numpy.save")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:  # pickled/object arrays, bad headers
+    except (ValueError, OSError) as e:  # pickled/object arrays, bad headers, truncated data
         raise DataError(f"{path}: not a plain numeric .npy array ({e}); save ids with numpy.save") from e
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: holds {type(arr).__name__}, not one array; save a single 1-D array")

@@ -3,7 +3,9 @@
 `load_checkpoints(path)` scans a directory once (file names and JSON only) and
 returns a lazy, step-ordered `CheckpointSeries`; weights are read only when a
 step is asked for. Nothing here unpickles arbitrary objects: `.pt/.pth/.bin`
-files go through `torch.load(weights_only=True)`, which refuses code.
+files go through `torch.load(weights_only=True)`, which refuses code, and
+`rllc.models.safety` says whether a refused file is corrupt or a pickle that
+would run code (the error names the file either way).
 
 Formats, in the order they are recognised:
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from rllc.models.config import ConfigError, ModelConfig
+from rllc.models.safety import load_error, torch_file_problem
 from rllc.models.transformer import DERIVED_BUFFER_SUFFIXES, Transformer
 
 RLLC_FORMAT = "rllc"
@@ -70,14 +72,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled Python objects, not only tensors, "
-            "and loading it could run code (nothing was executed). If you trust its origin, re-save "
-            "just the state dict (torch.save(model.state_dict(), ...)) or convert it to safetensors."
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable torch file ({e}); it may be truncated or corrupt") from e
+    except Exception as e:  # corrupt bytes and code-running pickles alike: rllc.models.safety tells which
+        raise CheckpointError(load_error(path, e)) from e
     return unwrap_state_dict(obj, path)
 
 
@@ -123,7 +119,7 @@ def check_shapes(found: dict[str, tuple], expected: dict[str, tuple], path: Path
         if wrong:
             parts.append(f"shape mismatch {wrong[:5]}")
         raise CheckpointError(
-            f"{path}: weights do not match the directory's config ({'; '.join(parts)}); "
+            f"{path}: wrong architecture: its weights do not match the directory's config ({'; '.join(parts)}); "
             "checkpoints of different architectures cannot share a directory"
         )
 
@@ -196,19 +192,27 @@ class CheckpointSeries:
     def verify(self, full: bool = False) -> list[str]:
         """Check every checkpoint against the config; returns the problems found.
 
-        Safetensors headers are checked without reading tensors; `full=True`
-        loads every file (the only check possible for torch files).
+        Without reading tensors: safetensors headers against the config, torch files for corrupt bytes or
+        code-running pickles (rllc.models.safety), Hugging Face folders for their weight files. `full=True`
+        loads every file (the only check of a torch file's shapes).
         """
         problems = []
         for step in self.steps:
             path = self.files[step]
             try:
-                if full or self.format == "huggingface" or path.suffix != ".safetensors":
-                    if full:
-                        self.state_dict(step)
-                    continue
-                _, shapes = safetensors_metadata(path)
-                check_shapes(shapes, self.expected_shapes, path)
+                if full:
+                    self.state_dict(step)
+                elif self.format == "huggingface":
+                    from rllc.models.hf import hf_weights_problems
+
+                    problems += hf_weights_problems(path)
+                elif path.suffix != ".safetensors":
+                    problem = torch_file_problem(path)
+                    if problem:
+                        problems.append(problem)
+                else:
+                    _, shapes = safetensors_metadata(path)
+                    check_shapes(shapes, self.expected_shapes, path)
             except CheckpointError as e:
                 problems.append(str(e))
         return problems

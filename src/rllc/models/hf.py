@@ -23,7 +23,6 @@ without attention biases (`attention_bias: false`) gets zero `b_Q/b_K/b_V/b_O`.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from rllc.models.checkpoints import CheckpointError
 from rllc.models.config import ConfigError, ModelConfig
+from rllc.models.safety import load_error, torch_file_problem
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox")
 
@@ -421,14 +421,8 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 def _load_torch(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise HFCheckpointError(
-            f"{path}: refused to load: it holds pickled Python objects besides tensors, and unpickling "
-            "them could run code (nothing was executed). Convert it to safetensors with a trusted "
-            "transformers install (`model.save_pretrained(dir)`) if you trust its origin."
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise HFCheckpointError(f"{path}: unreadable torch file ({e}); it may be truncated or corrupt") from e
+    except Exception as e:  # corrupt bytes and code-running pickles alike: rllc.models.safety tells which
+        raise HFCheckpointError(load_error(path, e)) from e
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise HFCheckpointError(f"{path}: expected a state dict (a dict of tensors), found {type(obj).__name__}")
     return obj
@@ -474,6 +468,41 @@ def read_hf_weights(directory: str | Path) -> tuple[Path, dict[str, Tensor]]:
     )
 
 
+def hf_weights_problems(directory: str | Path) -> list[str]:
+    """Problems of a checkpoint folder's weight files found without reading tensors: none present, unreadable
+    safetensors headers, missing shards, corrupt or code-running torch files (each message names the file)."""
+    from rllc.models.checkpoints import safetensors_metadata
+
+    directory = Path(directory)
+    for name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TORCH_NAME, TORCH_INDEX_NAME):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".index.json"):
+                index = _read_json(path)
+                weight_map = index.get("weight_map") if isinstance(index, dict) else None
+                if not isinstance(weight_map, dict) or not weight_map:
+                    return [f"{path}: no 'weight_map' in the shard index; the file is corrupt"]
+                files = [directory / s for s in sorted(set(weight_map.values()))]
+            else:
+                files = [path]
+            problems = []
+            for f in files:
+                if not f.is_file():
+                    problems.append(f"{path}: shard file {f.name} listed in the index is missing from {directory}")
+                elif f.suffix == ".safetensors":
+                    safetensors_metadata(f)
+                elif problem := torch_file_problem(f):
+                    problems.append(problem)
+            return problems
+        except CheckpointError as e:
+            return [str(e)]
+    present = ", ".join(sorted(p.name for p in directory.iterdir())[:10]) or "nothing"
+    return [f"{directory}: no weights found: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME}, {TORCH_NAME} "
+            f"or {TORCH_INDEX_NAME} (found: {present})"]
+
+
 def read_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Read a `save_pretrained` folder of a GPT-2 or GPT-NeoX causal LM.
 
@@ -498,7 +527,8 @@ def read_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Te
     try:
         state_dict = convert_hf_state_dict(hf_config, hf_state_dict)
     except ValueError as e:
-        raise HFCheckpointError(f"{weights_path}: {e}") from e
+        raise HFCheckpointError(f"{weights_path}: wrong architecture: its weights do not fit {config_path.name} "
+                                f"({e})") from e
     return cfg, state_dict
 
 
@@ -508,6 +538,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "convert_hf_state_dict",
     "hf_model_config",
+    "hf_weights_problems",
     "read_hf_checkpoint",
     "read_hf_weights",
 ]
