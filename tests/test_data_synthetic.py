@@ -147,3 +147,16 @@ def test_common_argument_checks():
         repeated_random(2, 4, vocab_size=2, seed=0)
     with pytest.raises(DataError, match="no room"):
         random_tokens(2, 1, 50, seed=0)
+
+
+def test_repeated_random_spans_have_no_repeated_token_when_the_vocabulary_allows():
+    """At vocab 32 (30 ordinary tokens) a span of 15 or 30 has distinct tokens: the induction target is unambiguous."""
+    for half_len in (15, 30):
+        x = repeated_random(256, half_len, vocab_size=32, seed=0)
+        span = x[:, 1:1 + half_len]
+        assert all(len(set(row.tolist())) == half_len for row in span)
+        assert span.min() >= 2 and span.max() <= 31 and torch.equal(span, x[:, 1 + half_len:])
+    assert len(torch.unique(repeated_random(256, 15, 32, seed=0)[:, 1:16])) == 30  # every ordinary token is used
+    # longer than the vocabulary allows: blocks of 30 distinct tokens, so a token's repeats are 30 apart at most
+    long = repeated_random(8, 45, vocab_size=32, seed=1)[:, 1:46]
+    assert all(len(set(row[:30].tolist())) == 30 and len(set(row[30:].tolist())) == 15 for row in long)

@@ -71,13 +71,28 @@ def repeated_random(
     batch: int, half_len: int, vocab_size: int, seed: Seed,
     bos_id: int | None = BOS_ID, first_id: int = N_SPECIAL,
 ) -> torch.Tensor:
-    """[batch, 1 + 2*half_len]: BOS, a uniform random span of ``half_len``
-    tokens, and the same span again. Position ``1 + half_len + i`` repeats
-    position ``1 + i``; an induction head there attends to ``2 + i`` (the
-    token after the earlier copy), a previous-token head to ``half_len + i``."""
+    """[batch, 1 + 2*half_len]: BOS, a random span of ``half_len`` tokens, and
+    the same span again. Position ``1 + half_len + i`` repeats position
+    ``1 + i``; an induction head there attends to ``2 + i`` (the token after
+    the earlier copy), a previous-token head to ``half_len + i``.
+
+    The span is drawn without replacement (``half_len`` distinct tokens, each
+    row a uniform random arrangement) when the ``vocab_size - first_id``
+    ordinary tokens allow, so every token of the second copy has one earlier
+    occurrence and the induction target is unambiguous. A longer span is
+    consecutive blocks of distinct tokens (each block a fresh arrangement of
+    the ordinary tokens), so repeats are as far apart as the vocabulary allows."""
     _check_positive(batch=batch, half_len=half_len)
     _check_vocab(vocab_size, first_id)
-    span = torch.randint(first_id, vocab_size, (batch, half_len), generator=_generator(seed))
+    g = _generator(seed)
+    n_ordinary = vocab_size - first_id
+    if half_len <= n_ordinary:
+        span = torch.multinomial(torch.ones(batch, n_ordinary), half_len, replacement=False, generator=g)
+    else:
+        blocks = -(-half_len // n_ordinary)  # ceil
+        order = torch.rand(batch, blocks, n_ordinary, generator=g).argsort(dim=-1)
+        span = order.reshape(batch, blocks * n_ordinary)[:, :half_len]
+    span = span + first_id
     return _with_bos(torch.cat([span, span], dim=1), bos_id)
 
 

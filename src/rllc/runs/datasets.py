@@ -56,6 +56,8 @@ TRAIN = "train"
 TRAIN_VERSION = "v1"  # bump when TrainingDistribution.batches changes what it draws
 SYNTHETIC = {"random": "random", "random_tokens": "random", "repeated": "repeated", "repeated_random": "repeated",
              "induction": "induction", "dyck": "dyck"}
+# Bump a kind's version when its generator changes what it draws (repeated v2: spans without repeated tokens).
+SYNTHETIC_VERSIONS = {"random": "v1", "repeated": "v2", "induction": "v1", "dyck": "v1"}
 SELF = "self"
 TEACHER_PREFIX = "teacher:"
 
@@ -156,7 +158,7 @@ def resolve_dataset(spec: str, series: CheckpointSeries, *, batch_size: int, see
     if spec in SYNTHETIC:
         kind = SYNTHETIC[spec]
         synthetic_batch(kind, cfg, 1, 0)  # fails now, not in a task, if the model cannot hold it
-        return Dataset(kind, spec, f"synthetic:{kind}:v1", f"synthetic {kind} batches", kind, **common)
+        return Dataset(kind, spec, f"synthetic:{kind}:{SYNTHETIC_VERSIONS[kind]}", f"synthetic {kind} batches", kind, **common)
     if spec in BUILTIN_CORPORA:
         tokens, fingerprint, what = corpus_tokens(spec, series, cache_dir)
         name = spec

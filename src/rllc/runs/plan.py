@@ -26,6 +26,9 @@ from rllc.models.transformer import Transformer
 from rllc.runs.datasets import Dataset
 from rllc.runs.options import RunError, batches_needed, config_hash, derive_seed, estimator_params
 
+# In every probe task's config_hash: bump when all_signals' own probe batches change what they draw, so rows
+# measured on the old batches are never mixed with new ones (2: repeated-random spans without repeated tokens).
+PROBE_BATCHES_VERSION = 2
 _HEAD = re.compile(r"^\d+:\d+$")
 _RANGE = re.compile(r"^(\d+)?-(\d+)?$")
 
@@ -151,6 +154,7 @@ def plan_probes(series: CheckpointSeries, steps: list[int], datasets: list[Datas
     for ds in datasets:
         params = estimator_params("behaviour", opts, ds.fingerprint if ds else "default")
         params["probe_dataset"] = ds.name if ds else None
+        params["probe_batches"] = PROBE_BATCHES_VERSION
         h = config_hash(params)
         for step in steps:
             name = series.files[step].name
