@@ -7,6 +7,17 @@ import sys
 from pathlib import Path
 
 
+class UsageError(Exception):
+    """A command line argparse cannot parse; main() prints it as one line (exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `rllc COMMAND: error: ...` with a --help hint, not a usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message}; see `{self.prog} --help`")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rllc.train import load_train_config, preset, train
 
@@ -97,18 +108,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from rllc.runs.options import CALIBRATE_DEFAULTS, RunError
     from rllc.runs.plan import select_steps
 
+    for flag in ("chains", "draws", "batch_size", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise RunError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if not args.budget > 0:
+        raise RunError(f"--budget must be a positive number of seconds, got {args.budget}")
+    cells = CALIBRATE_DEFAULTS["cells"]
+    eps = positive_floats("--epsilons", args.epsilons) if args.epsilons else [c[0] for c in cells]
+    nbetas = positive_floats("--nbetas", args.nbetas) if args.nbetas else [c[1] for c in cells]
+    if len(eps) != len(nbetas):
+        raise RunError("--epsilons and --nbetas pair up: give as many of each")
+    gammas = positive_floats("--gammas", args.gammas) if args.gammas else list(CALIBRATE_DEFAULTS["gammas"])
     if args.threads:
         torch.set_num_threads(args.threads)
     series = load_checkpoints(args.checkpoint_dir)
     ds = resolve_dataset(args.dataset or default_datasets(series)[0], series, batch_size=args.batch_size,
                          seed=args.seed)
     steps = select_steps(series, args.steps) if args.steps else None
-    cells = CALIBRATE_DEFAULTS["cells"]
-    eps = [float(x) for x in args.epsilons.split(",")] if args.epsilons else [c[0] for c in cells]
-    nbetas = [float(x) for x in args.nbetas.split(",")] if args.nbetas else [c[1] for c in cells]
-    if len(eps) != len(nbetas):
-        raise RunError("--epsilons and --nbetas pair up: give as many of each")
-    gammas = [float(x) for x in args.gammas.split(",")] if args.gammas else list(CALIBRATE_DEFAULTS["gammas"])
     out = Path(args.out) if args.out else Path("runs") / series.path.resolve().name / "calibration"
     print(f"calibrating on {ds.description}; {len(eps) * len(gammas)} cells, {args.chains} chains x {args.draws} "
           f"steps, batch {args.batch_size}", file=sys.stderr)
@@ -122,6 +139,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"settings: {paths['toml']} (rllc estimate {args.checkpoint_dir} --config {paths['toml']}); "
           f"evidence: {paths['table']}, {paths['figure']}")
     return 0
+
+
+def positive_floats(flag: str, text: str) -> list[float]:
+    """A comma-separated list of positive numbers, or a one-line error naming the flag."""
+    import math
+
+    from rllc.runs.options import RunError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RunError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise RunError(f"{flag} must be positive numbers, got {text!r}")
+    return values
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -221,7 +253,7 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rllc",
         description="Refined local learning coefficients per attention head over training checkpoints.",
     )
@@ -322,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     from rllc.models.checkpoints import CheckpointError
     from rllc.models.config import ConfigError
 

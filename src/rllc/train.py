@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from rllc.models.checkpoints import RLLC_FORMAT, read_json, step_filename
 from rllc.models.config import ModelConfig
 from rllc.models.transformer import Transformer
+from rllc.progress import progress_bar
 from rllc.schedule import checkpoint_steps
 
 RESUME_FILE = "resume.pt"
@@ -63,6 +63,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from rllc.data.inject import check_inject
 
+        if isinstance(self.data, str):  # `data = "prose,code"` in a TOML file, as on the command line
+            self.data = [d.strip() for d in self.data.split(",") if d.strip()]
+        check_train_options(self)
         self.inject = check_inject(self.inject)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +86,59 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict({"d_vocab": self.vocab_size, "seed": self.seed, **self.model})
+
+
+# The `rllc train` flags of the options that have one, for the messages.
+TRAIN_FLAGS = {"n_steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "data": "--data",
+               "max_chars": "--max-chars", "schedule": "--schedule"}
+
+
+def check_train_options(cfg: TrainConfig) -> None:
+    """Type and range of every training option (the model fields are ModelConfig's to check), as one-line
+    errors naming it, before anything is written."""
+
+    def option(name: str) -> str:
+        return f"{name} ({TRAIN_FLAGS[name]})" if name in TRAIN_FLAGS else name
+
+    def number(name: str, low: float, low_ok: bool, high: float | None = None, optional: bool = False) -> None:
+        value = getattr(cfg, name)
+        if optional and value is None:
+            return
+        bound = f"at least {low:g}" if low_ok else f"greater than {low:g}"
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value >= low if low_ok else value > low) and (high is None or value < high))
+        if not ok:
+            span = f"{bound} and below {high:g}" if high is not None else bound
+            raise ValueError(f"training option {option(name)} must be a number {span}, got {value!r}")
+
+    def integer(name: str, low: int, optional: bool = False) -> None:
+        value = getattr(cfg, name)
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"training option {option(name)} must be an integer of at least {low}, got {value!r}")
+
+    if not isinstance(cfg.model, dict):
+        raise ValueError(f"training option model must be a table of model fields, got {cfg.model!r}")
+    if not isinstance(cfg.data, (list, tuple)) or not cfg.data or not all(isinstance(d, str) for d in cfg.data):
+        raise ValueError(f"training option data must be a list of sources (prose, code, files), got {cfg.data!r}")
+    for name in ("n_steps", "batch_size", "eval_batches"):
+        integer(name, 1)
+    integer("vocab_size", 3)
+    integer("warmup_steps", 0)
+    integer("seed", 0)
+    integer("max_chars", 1, optional=True)
+    number("lr", 0, low_ok=False)
+    number("weight_decay", 0, low_ok=True)
+    number("grad_clip", 0, low_ok=False, optional=True)
+    number("eval_fraction", 0, low_ok=False, high=1)
+    betas = cfg.betas
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"training option betas must be two numbers in [0, 1), got {betas!r}")
+    if not isinstance(cfg.schedule, str):
+        raise ValueError(f"training option schedule must be a string such as 'log:40,linear:20', got {cfg.schedule!r}")
+    checkpoint_steps(cfg.schedule, cfg.n_steps)  # a ScheduleError (ValueError) naming the bad item
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -132,6 +188,10 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
         raise ValueError(f"{path}: cannot read training config ({e})") from e
     d = d.get("train", d)
     base = d.pop("preset", "tiny")
+    try:
+        preset(base, **d).model_config()  # the file's own options first, so an error in them names the file
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
     return preset(base, **{**d, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -265,8 +325,15 @@ def deterministic_kernels():
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, resume_every_s: float = 60.0) -> Path:
     """Train into `out`, resuming if it holds an unfinished run of the same config. Two runs of one
     config give bit-identical checkpoints (for the same torch build and thread count)."""
-    with deterministic_kernels():
-        return _train(cfg, out, progress=progress, resume_every_s=resume_every_s)
+    out = Path(out)
+    created = not out.exists()
+    try:
+        with deterministic_kernels():
+            return _train(cfg, out, progress=progress, resume_every_s=resume_every_s)
+    except Exception:
+        if created and out.is_dir() and not any(out.iterdir()):  # a bad input found before anything was written
+            out.rmdir()
+        raise
 
 
 def _train(cfg: TrainConfig, out: str | Path, *, progress: bool, resume_every_s: float) -> Path:
@@ -325,8 +392,7 @@ def _train(cfg: TrainConfig, out: str | Path, *, progress: bool, resume_every_s:
                  "train_losses": torch.tensor(train_losses, dtype=torch.float64)}
         atomic_write_bytes(resume_path, lambda p: torch.save(state, p))
 
-    bar = tqdm(total=cfg.n_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
-               desc=f"train {out.name}")
+    bar = progress_bar(total=cfg.n_steps, initial=step, disable=not progress, unit="step", desc=f"train {out.name}")
     t0, step0, last_save, last_eval = time.monotonic(), step, time.monotonic(), "-"
     model.train()
     while True:

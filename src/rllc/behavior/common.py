@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rllc.data import random_tokens, repeated_random
 from rllc.models.checkpoints import CheckpointSeries, load_checkpoints
 from rllc.models.config import ModelConfig
 from rllc.models.transformer import Transformer
+from rllc.progress import progress_bar
 
 Models = Union[Transformer, CheckpointSeries, str, PathLike]
 Head = tuple[int, int]
@@ -115,7 +115,7 @@ def for_each_checkpoint(
     if missing:
         raise BehaviorError(f"steps {missing} are not in {models.path}")
     frames = []
-    for s in tqdm(chosen, desc=desc or "checkpoints", disable=not progress, unit="ckpt"):
+    for s in progress_bar(chosen, desc=desc or "checkpoints", disable=not progress, unit="ckpt"):
         with torch.no_grad():
             frames.append(compute(models[s], s))
     if not frames:
