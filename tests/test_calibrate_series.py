@@ -88,7 +88,7 @@ def test_rllc_calibrate_writes_settings_that_rllc_estimate_takes(series, tmp_pat
                  "--threads", "1"])
     assert code == 0
     printed = capsys.readouterr()
-    assert "calibrating on training distribution" in printed.err
+    assert "calibrating sgld on training distribution" in printed.err
     table = pd.read_csv(out / "calibration.csv")
     steps = load_checkpoints(series).steps
     assert sorted(table["step"]) == sorted({steps[0], steps[len(steps) // 2], steps[-1]})  # first, middle, last
@@ -124,3 +124,18 @@ def test_calibrate_heads_on_one_model(series):
                                                  chains=2, draws=12, budget_s=60, progress=lambda m: None)
     assert len(table) == 1 and {"snr_value", "gamma_worst_change", "burn_in", "failed"} <= set(table.columns)
     assert choice["epsilon"] == 1e-3 and choice["draws"] == 12 - choice["burn_in"] and len(traces) == 1
+    assert set(table["sampler"]) == {"sgld"}
+
+
+def test_rllc_calibrate_a_preconditioned_sampler(series, tmp_path):
+    """--sampler rmsprop: its own grid, and a TOML that makes rllc estimate use it."""
+    out = tmp_path / "calibration"
+    assert main(["calibrate", str(series), "--out", str(out), "--sampler", "rmsprop", "--epsilons", "1e-4",
+                 "--nbetas", "30", "--gammas", "200", "--chains", "2", "--draws", "10", "--batch-size", "4",
+                 "--budget", "60", "--steps", str(load_checkpoints(series).steps[-1]), "--threads", "1"]) == 0
+    assert set(pd.read_csv(out / "calibration.csv")["sampler"]) == {"rmsprop"}
+    assert 'sampler = "rmsprop"' in (out / "calibration.toml").read_text()
+    assert main(["estimate", str(series), "--out", str(tmp_path / "run"), "--config", str(out / "calibration.toml"),
+                 "--steps", str(load_checkpoints(series).steps[-1]), "--quiet", "--threads", "1"]) == 0
+    diags = load_results(tmp_path / "run")["diagnostics"]
+    assert all('"sampler": "rmsprop"' in d for d in diags)

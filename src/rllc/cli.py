@@ -127,14 +127,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                          seed=args.seed)
     steps = select_steps(series, args.steps) if args.steps else None
     out = Path(args.out) if args.out else Path("runs") / series.path.resolve().name / "calibration"
-    print(f"calibrating on {ds.description}; {len(eps) * len(gammas)} cells, {args.chains} chains x {args.draws} "
-          f"steps, batch {args.batch_size}", file=sys.stderr)
+    print(f"calibrating {args.sampler} on {ds.description}; {len(eps) * len(gammas)} cells, {args.chains} chains x "
+          f"{args.draws} steps, batch {args.batch_size}", file=sys.stderr)
     table, choice, traces = calibrate_series(series, ds, steps=steps, cells=list(zip(eps, nbetas)), gammas=gammas,
                                              chains=args.chains, draws=args.draws, budget_s=args.budget,
-                                             seed=args.seed, progress=lambda m: print(m, file=sys.stderr))
+                                             seed=args.seed, sampler=args.sampler,
+                                             progress=lambda m: print(m, file=sys.stderr))
     command = "rllc calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "rllc calibrate"
     paths = write_calibration(out, table, choice, traces, series_path=series.path, dataset=ds.name,
-                              batch_size=args.batch_size, chains=args.chains, command=command)
+                              batch_size=args.batch_size, chains=args.chains, command=command, sampler=args.sampler)
     print(verdict(choice))
     print(f"settings: {paths['toml']} (rllc estimate {args.checkpoint_dir} --config {paths['toml']}); "
           f"evidence: {paths['table']}, {paths['figure']}")
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     from rllc.runs.options import CALIBRATE_DEFAULTS, ESTIMATE_DEFAULTS, PROBE_DEFAULTS
+    from rllc.sampling.settings import SAMPLERS
 
     p = sub.add_parser("estimate", help="rLLCs and curvature over a checkpoint series into a results store "
                                         "(resumable, local or Ray)",
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"{','.join(f'{n:g}' for _, n in cal['cells'])})")
     p.add_argument("--gammas", help="comma-separated gammas, each also tested halved and doubled (default: "
                                     f"{','.join(f'{g:g}' for g in cal['gammas'])})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=cal["sampler"],
+                   help=f"the sampler to calibrate: its step size is its own (default: {cal['sampler']})")
     p.add_argument("--chains", type=int, default=cal["chains"], help=f"chains (default: {cal['chains']})")
     p.add_argument("--draws", type=int, default=cal["draws"],
                    help=f"SGLD steps per chain, burn-in included (default: {cal['draws']})")

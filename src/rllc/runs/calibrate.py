@@ -69,12 +69,12 @@ class HeadRun:
 
 
 def sample_heads(model, data, *, epsilon: float, nbeta: float, gamma: float, chains: int, steps: int,
-                 seed: int) -> HeadRun:
+                 seed: int, sampler: str = D["sampler"]) -> HeadRun:
     """One batched run over every head, burn-in 0 (it is chosen afterwards from the traces)."""
     from rllc.sampling import estimate_llcs
 
     t0 = time.perf_counter()
-    est = estimate_llcs(model, data, None, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
+    est = estimate_llcs(model, data, None, sampler=sampler, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
                              draws=steps, burn_in=0, seed=seed)
     seconds = time.perf_counter() - t0
     values = {h: nbeta * (e.loss_trace - e.diagnostics["loss_at_w_star_trace"][None, :]) for h, e in est.items()}
@@ -161,13 +161,14 @@ def judge_cell(runs: dict[str, HeadRun], burn_in: int, *, trained: bool) -> dict
 
 def calibrate_checkpoint(model, data, *, step: int = 0, trained: bool = True, cells=D["cells"],
                          gammas=D["gammas"], chains: int = D["chains"], draws: int = D["draws"], seed: int = D["seed"],
-                         progress=print) -> tuple[list[dict[str, Any]], dict]:
+                         sampler: str = D["sampler"], progress=print) -> tuple[list[dict[str, Any]], dict]:
     """Every cell of the grid on one model (one checkpoint): (rows with every judgement, pooled traces)."""
     rows, traces = [], {}
     for epsilon, nbeta in cells:
         for gamma in gammas:
             label = f"step {step}: eps {epsilon:g}, nbeta {nbeta:g}, gamma {gamma:g}"
-            row: dict[str, Any] = dict(step=step, epsilon=epsilon, nbeta=nbeta, gamma=gamma, trained=trained)
+            row: dict[str, Any] = dict(step=step, sampler=sampler, epsilon=epsilon, nbeta=nbeta, gamma=gamma,
+                                       trained=trained)
             runs: dict[str, HeadRun] = {}
             variants = [("base", gamma, seed)]
             if trained:
@@ -176,7 +177,7 @@ def calibrate_checkpoint(model, data, *, step: int = 0, trained: bool = True, ce
                 for key, g, s in variants:
                     try:
                         runs[key] = sample_heads(model, data, epsilon=epsilon, nbeta=nbeta, gamma=g, chains=chains,
-                                                 steps=draws, seed=s)
+                                                 steps=draws, seed=s, sampler=sampler)
                     except ChainDivergedError:
                         if key in ("base", "seed2"):  # the cell's own gamma; a diverging gamma/2 or 2 gamma
                             raise                     # shows as a failed gamma test instead
@@ -313,7 +314,8 @@ def plot_traces(traces: dict, choice: dict[str, Any], path: Path) -> Path:
 
 
 def write_calibration(out: Path, table: pd.DataFrame, choice: dict[str, Any], traces: dict, *, series_path: Path,
-                      dataset: str, batch_size: int, chains: int, command: str) -> dict[str, Path]:
+                      dataset: str, batch_size: int, chains: int, command: str,
+                      sampler: str = D["sampler"]) -> dict[str, Path]:
     """calibration.toml (for `rllc estimate --config`), calibration.csv, calibration.png and verdict.txt in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = dict(table=out / "calibration.csv", figure=out / "calibration.png", toml=out / "calibration.toml",
@@ -322,14 +324,14 @@ def write_calibration(out: Path, table: pd.DataFrame, choice: dict[str, Any], tr
     plot_traces(traces, choice, paths["figure"])
     text = verdict(choice)
     paths["verdict"].write_text(text + "\n")
-    lines = [f"# SGLD settings for the per-head wrLLCs of {series_path}, chosen by `rllc calibrate`:",
+    lines = [f"# {'SGLD' if sampler == 'sgld' else 'RMSProp-SGLD'} settings for the per-head wrLLCs of {series_path}, chosen by `rllc calibrate`:",
              f"#   {command}",
              "# Evidence: calibration.csv (every cell x checkpoint with its checks) and calibration.png (loss traces).",
              *("# " + line for line in _wrap(text)),
              f"# At the last calibration checkpoint: SNR (sd between heads / mean between-seed sd) {choice['snr']:.2f}, "
              f"{choice['seconds']:.1f} s per all-heads estimate.",
              "#   rllc estimate CKPT_DIR --config calibration.toml",
-             f'datasets = ["{dataset}"]', 'components = ["heads"]', 'estimators = ["llc"]',
+             f'datasets = ["{dataset}"]', 'components = ["heads"]', 'estimators = ["llc"]', f'sampler = "{sampler}"',
              f"epsilon = {choice['epsilon']!r}", f"nbeta = {choice['nbeta']!r}", f"gamma = {choice['gamma']!r}",
              f"chains = {chains}", f"draws = {choice['draws']}", f"burn-in = {choice['burn_in']}",
              "paired = true", "crn = true", f"batch-size = {batch_size}", ""]

@@ -49,7 +49,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = dict(
 # cost ~7 s per all-heads estimate for the demo model on 2 cores, inside the 10 s budget.
 CALIBRATE_DEFAULTS: dict[str, Any] = dict(
     cells=((1e-3, 30.0), (3e-4, 100.0), (3e-4, 300.0), (1e-4, 300.0), (1e-4, 1000.0)), gammas=(100.0, 200.0),
-    chains=2, draws=72, batch_size=8, budget_s=10.0, seed=0,
+    chains=2, draws=72, batch_size=8, budget_s=10.0, seed=0, sampler="sgld",
 )
 PROBE_DEFAULTS: dict[str, Any] = dict(
     datasets=[], batch_size=16, seed=0, steps=None, every=1, workers=1, ray=None, threads=None, quiet=False,
