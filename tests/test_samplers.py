@@ -112,3 +112,14 @@ def test_rmsprop_mala_ratio_is_the_preconditioned_proposals(noise_level):
         2 * s.epsilon * noise_level ** 2)
     expected = -(U(w1, l1) - U(ws, l0)) + log_q(ws, w1, g1) - log_q(w1, ws, g0)
     assert info.log_accept == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_progress_of_a_long_estimate(capsys):
+    """progress=True: SGLD steps on stderr as plain lines when stderr is not a terminal; nothing by default."""
+    problem = make_linear_regression(d=3, n=200, n_batches=4, seed=1)
+    kw = dict(loss_fn=problem.loss_fn, chains=2, draws=5, burn_in=2, epsilon=1e-4, nbeta=50.0, gamma=1.0)
+    estimate_llc(problem.model, problem.data, **kw)
+    assert capsys.readouterr().err == ""
+    estimate_llc(problem.model, problem.data, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines()[-1].startswith("SGLD: 7/7 step"), err

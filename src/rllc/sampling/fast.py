@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -344,7 +344,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], settings: SGLDSettings,
               seeds: Sequence[int], hyper: dict[str, Any], *, pair_chunk: int = 8, compute_dtype: str = "fp32",
-              bf16_pilot_draws: int = 10) -> dict[str, LLCEstimate]:
+              bf16_pilot_draws: int = 10, on_step: Callable[[int], None] | None = None) -> dict[str, LLCEstimate]:
     """{head: LLCEstimate} for single heads "l:h" of a model :func:`unsupported_reason` accepts.
 
     Called by the entry point (``rllc.estimate_llcs``), which validates the arguments; every head gets
@@ -366,7 +366,7 @@ def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], setti
         if compute_dtype == "bf16":
             check = _check_bf16(model, stream, list(heads), min(settings.draws, bf16_pilot_draws), run_kw)
             low = torch.bfloat16 if check["accepted"] else None
-        out = _run(model, stream, list(heads), low=low, **run_kw)
+        out = _run(model, stream, list(heads), low=low, on_step=on_step, **run_kw)
         for est in out.values():
             est.diagnostics["compute_dtype"] = "bf16" if low is not None else "fp32"
             est.diagnostics["bf16_check"] = check
@@ -411,7 +411,7 @@ def _check_bf16(model, stream, comps, pilot_draws, run_kw) -> dict[str, Any]:
 
 
 def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings, seeds: list[int],
-         hyper: dict[str, Any], pair_chunk: int, low=None) -> dict[str, LLCEstimate]:
+         hyper: dict[str, Any], pair_chunk: int, low=None, on_step=None) -> dict[str, LLCEstimate]:
     s = settings
     cfg = model.cfg
     chains = s.chains
@@ -468,6 +468,8 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
             sq_dist[layer][:, t], log_accept[layer][:, t] = block.step(everything, grads, pair_noise, step_loss,
                                                                        ref[t], t)
             losses[layer][:, t] = step_loss
+        if on_step is not None:
+            on_step(t)
     seconds = time.perf_counter() - start
 
     n_coords = sum(int(np.prod(shape[1:])) for shape in shapes)

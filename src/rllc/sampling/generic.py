@@ -8,7 +8,7 @@ the entry point ``rllc.sampling.llc``; never calls back up.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,9 @@ from rllc.sampling.settings import SGLDSettings
 
 
 def run(model: nn.Module, stream: BatchStream, loss_fn: LossFn, comp: Component, settings: SGLDSettings,
-        seeds: Sequence[int], hyper: dict[str, Any]) -> LLCEstimate:
-    """The estimate of one component; `hyper` (seed, data refinement...) joins the settings in its record."""
+        seeds: Sequence[int], hyper: dict[str, Any], on_step: Callable[[int], None] | None = None) -> LLCEstimate:
+    """The estimate of one component; `hyper` (seed, data refinement...) joins the settings in its record.
+    `on_step(t)` is called after step t of every chain (progress, or any per-step plug-in)."""
     s = settings
     start = time.perf_counter()
     steps = s.burn_in + s.draws
@@ -39,6 +40,8 @@ def run(model: nn.Module, stream: BatchStream, loss_fn: LossFn, comp: Component,
             for c in range(s.chains):
                 info = kernel.step(c, batch, loss_offset=ref[t])
                 losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
+            if on_step is not None:
+                on_step(t)
     seconds = time.perf_counter() - start
     return assemble(losses=losses, sq_dist=sq_dist, log_accept=log_accept, ref=ref, init_loss=init_loss,
                     settings=s, n_distinct=stream.n_distinct, seconds=seconds, component=comp.name,

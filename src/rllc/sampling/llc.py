@@ -42,6 +42,7 @@ from typing import Any
 from torch import nn
 
 from rllc.models.components import Component, ComponentSpec, heads, resolve_component
+from rllc.progress import progress_bar
 from rllc.sampling import fast as heads_backend
 from rllc.sampling import generic
 from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
@@ -75,6 +76,7 @@ def estimate_llcs(
     pair_chunk: int = 8,
     compute_dtype: str = "fp32",
     bf16_pilot_draws: int = 10,
+    progress: bool = False,
     **setting_values: Any,
 ) -> dict[str, LLCEstimate]:
     """The (refined) LLC of several components at w*: {name: LLCEstimate}, in the order given.
@@ -99,6 +101,7 @@ def estimate_llcs(
     compute_dtype: "bf16" runs the head sampler's unembedding matmuls in bfloat16 after a coupled
         pilot of `bf16_pilot_draws` draws shows every head within half its Monte Carlo error of fp32
         (else it warns Bf16Refused and runs fp32); other components always run fp32.
+    progress: show SGLD steps on stderr (a bar on a terminal, a line every few seconds in a log).
 
     The model is used in its current train/eval mode and left exactly as it was (weights bit for
     bit, requires_grad, .grad), also after an error.
@@ -134,15 +137,21 @@ def estimate_llcs(
     stream = BatchStream(data, TeacherTargets(teacher) if teacher is not None else None, device=device)
     hyper = dict(seed=seed, reference="draws", data_refinement="teacher" if teacher is not None else "data")
     out: dict[str, LLCEstimate] = {}
-    if batched:
-        out.update(heads_backend.run_heads(model, stream, batched, s, seeds, hyper, pair_chunk=pair_chunk,
-                                  compute_dtype=compute_dtype, bf16_pilot_draws=bf16_pilot_draws))
-    if reasons:
-        loss = loss_fn if loss_fn is not None else teacher_loss if teacher is not None else next_token_loss
-        for key, spec in zip(keys, specs):
-            if key in reasons:
-                comp = resolve_component(model, spec)
-                out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper)
+    runs = int(bool(batched)) + len(reasons)  # one sweep for the batched heads, one run per other component
+    with progress_bar(total=runs * (s.burn_in + s.draws), desc="SGLD", unit="step", disable=not progress) as bar:
+        def step_done(t: int) -> None:
+            bar.update(1)
+
+        if batched:
+            out.update(heads_backend.run_heads(model, stream, batched, s, seeds, hyper, pair_chunk=pair_chunk,
+                                               compute_dtype=compute_dtype, bf16_pilot_draws=bf16_pilot_draws,
+                                               on_step=step_done))
+        if reasons:
+            loss = loss_fn if loss_fn is not None else teacher_loss if teacher is not None else next_token_loss
+            for key, spec in zip(keys, specs):
+                if key in reasons:
+                    comp = resolve_component(model, spec)
+                    out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper, on_step=step_done)
     return {key: out[key] for key in keys}
 
 
