@@ -123,3 +123,12 @@ def test_progress_of_a_long_estimate(capsys):
     estimate_llc(problem.model, problem.data, progress=True, **kw)
     err = capsys.readouterr().err
     assert "\r" not in err and err.splitlines()[-1].startswith("SGLD: 7/7 step"), err
+
+
+def test_generic_kernel_keeps_one_copy_of_w_star():
+    """w* is stored once and seen by every chain (a whole-model estimate would otherwise hold `chains` copies)."""
+    problem = make_linear_regression(d=3, n=50, seed=1)
+    comp = resolve_component(problem.model, None)
+    kernel = ProjectedSGLD(problem.model, comp, problem.loss_fn, chain_seeds=[1, 2, 3, 4])
+    for w_star, w in zip(kernel.block.w_star, kernel.block.w):
+        assert w_star.stride(0) == 0 and w.shape == w_star.shape and w.stride(0) != 0

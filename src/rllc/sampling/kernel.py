@@ -75,8 +75,8 @@ class ProjectedSGLD:
         params = dict(model.named_parameters())
         self._params = [params[name] for name, _ in component.entries]
         self._index = [index for _, index in component.entries]
-        with torch.no_grad():
-            w_star = [self._read(p, i).unsqueeze(0).expand(len(chain_seeds), *self._read(p, i).shape)
+        with torch.no_grad():  # one copy of w* (the model's memory is overwritten while sampling), seen by every chain
+            w_star = [self._read(p, i).clone().unsqueeze(0).expand(len(chain_seeds), *self._read(p, i).shape)
                       for p, i in zip(self._params, self._index)]
         self.block = ChainBlock(w_star, settings, [(component.name, c) for c in range(len(chain_seeds))])
         device = self._params[0].device

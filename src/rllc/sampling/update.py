@@ -65,18 +65,20 @@ class ChainBlock:
     """
 
     def __init__(self, w_star: Sequence[Tensor], settings: SGLDSettings, labels: Sequence[tuple[str, int]]):
+        """w_star: [K, ...] per parameter, owned by the block and never written (rows may share memory: the
+        generic kernel passes one copy of w* expanded over its chains, so w* costs one copy, not K)."""
         self.settings = settings
         self.labels = list(labels)
-        self.w_star = [w.detach().clone() for w in w_star]
-        self.w = [w.clone() for w in self.w_star]
+        self.w_star = [w.detach() for w in w_star]
+        self.w = [w.contiguous().clone() for w in self.w_star]
         k = self.w_star[0].shape[0]
         if len(self.labels) != k:
             raise ValueError(f"{len(self.labels)} labels for {k} chains")
         self.has_prev = np.zeros(k, dtype=bool)
-        self.w_prev = [torch.zeros_like(w) for w in self.w_star]
+        self.w_prev = [torch.zeros_like(w) for w in self.w]
         rms = settings.sampler == "rmsprop"
-        self.square_avg = [torch.zeros_like(w) for w in self.w_star] if rms else None
-        self.precond_prev = [torch.ones_like(w) for w in self.w_star] if rms else None
+        self.square_avg = [torch.zeros_like(w) for w in self.w] if rms else None
+        self.precond_prev = [torch.ones_like(w) for w in self.w] if rms else None
         self.potential_prev = np.full(k, np.nan)
         self.forward_sq_prev = np.full(k, np.nan)
 
