@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 from rllc.analysis.critical import Smoothing
+from rllc.analysis.trajectories import below_minimum_steps
 from rllc.analysis.findings import (
     FAIL,
     MISSING,
     PASS,
     REPORTED,
     behaviour_types,
-    below_minimum_steps,
     rank_auc,
     rise_step,
     study_findings,

@@ -100,6 +100,7 @@ def test_cli_cluster_and_compare_write_into_run_dir(monkeypatch, tmp_path, capsy
                      "--signal", "llc@prose", "--signal", "llc@code"]) == 0
     out = capsys.readouterr().out
     assert "layer 0: 8 heads, llc@prose ‖ llc@code" in out and out.strip().endswith(str(run / "analysis" / "cluster"))
+    assert "left out" not in out
     metrics = pd.read_csv(run / "analysis" / "cluster" / "cluster_metrics.csv")
     assert set(metrics["scope"]) == {"layer 0", "layer 1"} and metrics["k"].max() == 5
     assert cli.main(["compare", str(run), "--out", str(tmp_path / "cmp"), "--signal", "llc@prose",
@@ -107,6 +108,14 @@ def test_cli_cluster_and_compare_write_into_run_dir(monkeypatch, tmp_path, capsy
                      "--width", "0.2"]) == 0
     series = pd.read_csv(tmp_path / "cmp" / "correlations_series.csv")
     assert len(series) == 3
+    # the first checkpoint below a local minimum (every head's LLC negative there): left out, and said so
+    first = demo["step"].min()
+    descended = demo.copy()
+    descended.loc[(descended["step"] == first) & (descended["signal"] == "llc"), "value"] = -5.0
+    fake_run(monkeypatch, descended)
+    assert cli.main(["cluster", str(run), "--algorithms", "ward", "--k-max", "5",
+                     "--signal", "llc@prose", "--signal", "llc@code"]) == 0
+    assert f"left out: step(s) {int(first)} (median head LLC < 0" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "cmp" / "critical_points.csv")["smoothing"].str.startswith("savitzky-golay").all()
     assert cli.main(["cluster", str(run), "--list-signals"]) == 0
     assert "llc@code" in capsys.readouterr().out

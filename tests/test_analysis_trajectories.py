@@ -91,6 +91,24 @@ def test_stack_keeps_common_heads_and_steps():
     assert np.allclose(ts.values.mean(axis=1), 0)
 
 
+def test_stack_leaves_out_steps_not_at_a_local_minimum():
+    """The one rule for every verb: a step whose median head LLC is negative is dropped and listed, for LLC
+    signals only; the curves are stacked on the remaining steps."""
+    steps = (0, 100, 200, 400, 800)
+    df = pd.DataFrame(rows("llc", "0:0", [-3, 1, 2, 3, 4], steps) + rows("llc", "0:1", [-2, 4, 3, 2, 1], steps)
+                      + rows("llc", "0:2", [0.5, 1, 1, 2, 2], steps)
+                      + rows("hessian_trace", "0:0", [-3, 1, 2, 3, 4], steps)
+                      + rows("hessian_trace", "0:1", [-2, 4, 3, 2, 1], steps)
+                      + rows("hessian_trace", "0:2", [-1, 1, 1, 2, 2], steps))
+    ts = stack_trajectories(df, ["llc@prose"])
+    assert ts.left_out == [0] and list(ts.steps) == [100, 200, 400, 800] and ts.by_layer()[0].left_out == [0]
+    assert stack_trajectories(df, ["hessian_trace@prose"]).left_out == []  # the rule is about LLCs
+    assert stack_trajectories(df, ["llc@prose", "hessian_trace@prose"]).left_out == [0]
+    assert stack_trajectories(df, ["llc@prose"], drop_below_minimum=False).left_out == []
+    with pytest.raises(AnalysisError, match="left out: median head LLC < 0"):
+        stack_trajectories(df[df["step"].isin([0, 100, 200])], ["llc@prose"])
+
+
 def test_head_types_from_labels_or_selectivity():
     labelled = pd.DataFrame(rows("head_class", "0:0", [9, 9, 9, 9], kind="probe", label="previous")
                             + rows("head_class", "0:1", [1, 1, 1, 1], kind="probe", label="unclassified"))

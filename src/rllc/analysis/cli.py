@@ -182,6 +182,9 @@ def cmd_cluster(args) -> int:
     for r in results:
         chosen = ", ".join(f"{a} k={k}" for a, k in r.chosen.items())
         print(f"{r.scope}: {len(r.heads)} heads, {' ‖ '.join(r.trajectories.keys)}: {chosen}")
+    if results and results[0].trajectories.left_out:
+        steps = ", ".join(str(int(s)) for s in results[0].trajectories.left_out)
+        print(f"left out: step(s) {steps} (median head LLC < 0: w* is not a local minimum there)")
     print(out)
     return 0
 

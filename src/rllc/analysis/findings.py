@@ -301,16 +301,6 @@ def _resolve(table: pd.DataFrame, *specs: str) -> str | None:
     return None
 
 
-def below_minimum_steps(curves: pd.DataFrame) -> list:
-    """Steps (columns of a heads x steps table of LLC estimates) whose median over heads is negative.
-
-    At a local minimum the LLC is >= 0; a negative median means the chains ran downhill from w*
-    (the initialization checkpoint, typically), so those estimates measure the descent, not the
-    geometry at w*, and would dominate every z-scored curve with one shared spike."""
-    med = curves.median(axis=0, skipna=True)
-    return [s for s in curves.columns if np.isfinite(med[s]) and med[s] < 0]
-
-
 def _best_clustering(ts, truth: pd.Series | None, class_truth: pd.Series | None, algorithms, ks, criterion,
                      seed) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     """Each algorithm's clustering at its k chosen by `criterion`, the best of them by Euclidean
@@ -356,8 +346,8 @@ def clustering(table: pd.DataFrame, types: pd.Series, types_source: str, *, key:
     if name is None:
         return Finding("clustering", title, MISSING, f"no per-head signal {key!r} in the table", method)
     try:
-        left_out = below_minimum_steps(trajectories(table, name))
-        ts = stack_trajectories(table[~table["step"].isin(left_out)], [name])
+        ts = stack_trajectories(table, [name])  # leaves out the steps not at a local minimum
+        left_out = ts.left_out
     except AnalysisError as e:
         return Finding("clustering", title, MISSING, f"cannot build the {name} curves: {e}", method)
     n = len(ts.heads)

@@ -367,6 +367,7 @@ class TrajectorySet:
     raw: dict[str, pd.DataFrame] = field(default_factory=dict)
     normalisation: str = "zscore"
     log_time: bool = False
+    left_out: list = field(default_factory=list)  # steps dropped as not at a local minimum (below_minimum_steps)
 
     @property
     def flat(self) -> np.ndarray:
@@ -377,13 +378,23 @@ class TrajectorySet:
         idx = [self.heads.index(h) for h in heads]
         raw = {k: v.loc[list(heads)] for k, v in self.raw.items()}
         return TrajectorySet(list(heads), self.keys, self.steps, self.values[idx], raw,
-                             self.normalisation, self.log_time)
+                             self.normalisation, self.log_time, self.left_out)
 
     def by_layer(self) -> dict[int, "TrajectorySet"]:
         layers: dict[int, list[str]] = {}
         for h in self.heads:
             layers.setdefault(layer_of(h), []).append(h)
         return {layer: self.subset(hs) for layer, hs in sorted(layers.items())}
+
+
+def below_minimum_steps(curves: pd.DataFrame) -> list:
+    """Steps (columns of a heads x steps table of LLC estimates) whose median over heads is negative.
+
+    At a local minimum the LLC is >= 0; a negative median means the chains ran downhill from w*
+    (the initialization checkpoint, typically), so those estimates measure the descent, not the
+    geometry at w*, and would dominate every z-scored curve with one shared spike."""
+    med = curves.median(axis=0, skipna=True)
+    return [s for s in curves.columns if np.isfinite(med[s]) and med[s] < 0]
 
 
 def stack_trajectories(
@@ -394,13 +405,18 @@ def stack_trajectories(
     log_time_axis: bool = False,
     n_points: int | None = None,
     heads: Sequence[str] | None = None,
+    drop_below_minimum: bool = True,
 ) -> TrajectorySet:
     """Per-head curves of several signal keys on one grid, each curve
     normalised on its own (`normalise`), stacked as channels.
 
     Only heads present in every signal are kept. The grid is the steps all
-    signals share; with ``log_time_axis`` the curves are then resampled onto
-    `n_points` points evenly spaced in log10(step + offset)."""
+    signals share, less (with ``drop_below_minimum``, the default) the steps
+    where an LLC signal's median head estimate is negative: there w* is not a
+    local minimum (`below_minimum_steps`); they are listed in ``left_out``.
+    This is the one place that rule lives: `rllc cluster`, the report and the
+    findings all stack curves here. With ``log_time_axis`` the curves are then
+    resampled onto `n_points` points evenly spaced in log10(step + offset)."""
     if not keys:
         raise AnalysisError("no signals to cluster")
     table = annotate(df)
@@ -410,10 +426,16 @@ def stack_trajectories(
     if not common:
         raise AnalysisError(f"no head has values for every one of {names}")
     steps = sorted(set.intersection(*(set(w.columns) for w in raw.values())))
+    left_out: list = []
+    if drop_below_minimum:
+        llc_keys = [k for k in names if KeySpec.parse(k).signal == "llc"]
+        left_out = sorted({s for k in llc_keys for s in below_minimum_steps(raw[k].loc[common, steps])})
+        steps = [s for s in steps if s not in left_out]
     if len(steps) < 3:
-        raise AnalysisError(f"signals {names} share only {len(steps)} steps; need at least 3")
+        dropped = f" ({len(left_out)} left out: median head LLC < 0, not a local minimum)" if left_out else ""
+        raise AnalysisError(f"signals {names} share only {len(steps)} steps{dropped}; need at least 3")
     raw = {k: w.loc[common, steps] for k, w in raw.items()}
     grids = {k: (log_resample(w, n_points) if log_time_axis else w) for k, w in raw.items()}
     grid_steps = np.asarray(next(iter(grids.values())).columns, dtype=float)
     values = np.stack([normalise(g.to_numpy(dtype=float), normalisation) for g in grids.values()], axis=-1)
-    return TrajectorySet(common, names, grid_steps, values, raw, normalisation, log_time_axis)
+    return TrajectorySet(common, names, grid_steps, values, raw, normalisation, log_time_axis, left_out)
