@@ -104,3 +104,26 @@ def test_compare_on_the_demo_run():
     summary = result.alignment.set_index(["ref_key", "ref_kind", "other_key"])
     assert summary.loc[("llc@code", "rise", "induction"), "n_matched"] >= 2
     assert list(result.stages["boundary"].iloc[:-1]) and (result.stages["end"].diff().dropna() > 0).all()
+
+
+def test_curve_features_and_their_agreement_with_behaviour():
+    """Final level, peak, step and size of the largest change; Spearman rho per layer with an exact
+    permutation p-value for 8 heads (a perfect ranking: p = 2 / 8!)."""
+    from math import factorial
+
+    from rllc.analysis import curve_features, feature_agreement
+
+    heads = [f"{layer}:{h}" for layer in range(2) for h in range(8)]
+    steps = [0, 100, 200, 400]
+    curves = pd.DataFrame([[0, 1, 1 + i, 1 + i] for i in range(16)], index=heads, columns=steps, dtype=float)
+    curves.loc["1:7"] = [0, 5, 2, 2]  # a peak, then the largest change is a fall
+    f = curve_features(curves)
+    assert f.loc["0:3", "final"] == 4 and f.loc["0:3", "change_step"] == 200 and f.loc["0:3", "change_size"] == 3
+    assert f.loc["1:7", "peak"] == 5 and f.loc["1:7", "change_step"] == 100 and f.loc["1:7", "change_size"] == 5
+    scores = pd.DataFrame({"induction": np.arange(16.0), "flat": [1.0] * 16}, index=heads)
+    agree = feature_agreement(f[["final"]], scores)
+    layer0 = agree[(agree.scope == "layer 0") & (agree.score == "induction")].iloc[0]
+    assert layer0.n_heads == 8 and layer0.rho == pytest.approx(1.0)
+    assert layer0.p_value == pytest.approx(2 / factorial(8), rel=1e-6)
+    assert agree[agree.score == "flat"]["rho"].isna().all()  # a constant score has no ranking
+    assert set(agree.scope) == {"all heads", "layer 0", "layer 1"}

@@ -173,6 +173,73 @@ def correlation_matrix(long: pd.DataFrame, column: str = "pooled_rho",
 
 # --- stages ------------------------------------------------------------------------
 
+CURVE_FEATURES = ("final", "peak", "change_step", "change_size")
+
+
+def curve_features(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per-head features of a heads x steps table (e.g. `trajectories(df, "llc@train")`): the final level, the
+    peak, and the step and signed size of the largest change between consecutive checkpoints (the step is
+    the later checkpoint of that pair)."""
+    if curves.shape[1] < 2:
+        raise AnalysisError(f"curve features need at least 2 steps, got {curves.shape[1]}")
+    v = curves.to_numpy(dtype=float)
+    steps = np.asarray(curves.columns, dtype=float)
+    diffs = np.diff(v, axis=1)
+    largest = np.nanargmax(np.abs(diffs), axis=1)
+    rows = np.arange(len(v))
+    return pd.DataFrame({"final": v[:, -1], "peak": np.nanmax(v, axis=1), "change_step": steps[largest + 1],
+                         "change_size": diffs[rows, largest]}, index=curves.index)
+
+
+def feature_agreement(features: pd.DataFrame, scores: pd.DataFrame, *, per_layer: bool = True,
+                      n_resamples: int = 50_000, seed: int = 0) -> pd.DataFrame:
+    """Spearman's rho over heads between every curve feature and every behavioural score, with a two-sided
+    permutation p-value (scipy's `permutation_test`, pairings: exact when n_heads! <= `n_resamples`, as for
+    one layer's 8 heads (8! = 40,320 orderings) at the default; else `n_resamples` random orderings).
+
+    features, scores: heads x columns (e.g. `curve_features` of the wrLLC curves, and each head's
+    previous-token / induction score or ablation effect over training, one summary per column). Heads
+    present in both are used; per layer (scope "layer l") and for all heads together (scope "all heads").
+    A continuous alternative to the ARI of a clustering, which is fragile with 8 heads and unbalanced types.
+    Columns: scope, feature, score, n_heads, rho, p_value.
+    """
+    from scipy import stats
+
+    from rllc.analysis.trajectories import layer_of
+
+    common = [h for h in features.index if h in scores.index]
+    scopes = {"all heads": common}
+    if per_layer:
+        for h in common:
+            scopes.setdefault(f"layer {layer_of(h)}", []).append(h)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for scope, heads in scopes.items():
+        for feature in features.columns:
+            for score in scores.columns:
+                pair = pd.DataFrame({"x": features.loc[heads, feature], "y": scores.loc[heads, score]}).dropna()
+                n = len(pair)
+                rho = p = np.nan
+                if n >= 3 and pair["x"].nunique() > 1 and pair["y"].nunique() > 1:
+                    x, y = stats.rankdata(pair["x"]), stats.rankdata(pair["y"])
+                    rho = float(np.corrcoef(x, y)[0, 1])
+                    # one sample permuted against the fixed other: n! orderings (exact when that is <= n_resamples)
+                    test = stats.permutation_test(
+                        (x,), lambda a, axis: _pearson_along(a, np.broadcast_to(y, a.shape), axis),
+                        permutation_type="pairings", vectorized=True, n_resamples=n_resamples,
+                        alternative="two-sided", random_state=rng)
+                    p = float(test.pvalue)
+                rows.append(dict(scope=scope, feature=feature, score=score, n_heads=n, rho=rho, p_value=p))
+    return pd.DataFrame(rows, columns=["scope", "feature", "score", "n_heads", "rho", "p_value"])
+
+
+def _pearson_along(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+    """Pearson correlation along `axis` (of rank vectors: Spearman's rho), for scipy's vectorized test."""
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
+
+
 def stage_boundaries(
     steps: Sequence[float],
     values: Sequence[float],
