@@ -137,3 +137,41 @@ def test_too_few_heads_is_an_error(planted):
     small = df[df["component"].isin(["0:0", "0:1"])]
     with pytest.raises(AnalysisError):
         cluster_trajectories(small, ["llc"], algorithms=["kmeans"])
+
+
+def test_consensus_vote_is_weighted_towards_k_shape():
+    from rllc.analysis.cluster import consensus_labels
+
+    kmeans = [0, 0, 0, 1, 1, 1]
+    kshape = [0, 0, 1, 1, 1, 1]
+    assert list(consensus_labels({"kmeans": kmeans, "kshape": kshape}, 2, {"kmeans": 1, "kshape": 2})) == kshape
+    assert list(consensus_labels({"a": kmeans, "b": kmeans}, 2)) == kmeans
+
+
+def test_paper_clustering_recovers_planted_types_per_layer():
+    """Per layer, k = the number of types present; k-means, k-Shape and their vote each get ARI 1 on clean
+    planted shapes (a rise early, a bump late, a slow decline; curves are z-scored, so every type needs a shape
+    of its own: a flat curve plus noise would be z-scored to pure noise), and the all-heads view is reported."""
+    from rllc.analysis.cluster import paper_clustering
+    from rllc.analysis.trajectories import stack_trajectories
+
+    rng = np.random.default_rng(0)
+    steps = np.array([0, 50, 100, 200, 400, 800, 1600, 3200])
+    shapes = {"previous": 1 / (1 + np.exp(-(np.log(steps + 1) - 4))),
+              "induction": np.exp(-((np.log(steps + 1) - 7) ** 2)),
+              "other": -0.3 * np.log(steps + 1) / np.log(steps[-1] + 1)}
+    plan = {"0:0": "previous", "0:1": "previous", "0:2": "other", "0:3": "other", "0:4": "other",
+            "1:0": "induction", "1:1": "induction", "1:2": "other", "1:3": "other", "1:4": "other"}
+    rows = []
+    for head, kind in plan.items():
+        curve = 1 + 2 * shapes[kind] + rng.normal(scale=0.05, size=len(steps))
+        for dataset, scale in (("train", 1.0), ("code", 1.5)):
+            rows += [dict(step=int(s), checkpoint=f"step_{s}", kind="estimate", signal="llc", component=head,
+                          dataset=dataset, value=float(scale * v), spread=np.nan, config_hash="h",
+                          seconds=0.0, diagnostics="{}") for s, v in zip(steps, curve)]
+    ts = stack_trajectories(pd.DataFrame(rows), ["llc@train", "llc@code"])
+    out = paper_clustering(ts, pd.Series(plan))
+    per_layer = out[out.scope != "all heads"]
+    assert set(per_layer.scope) == {"layer 0", "layer 1"} and set(per_layer.method) == {"kmeans", "kshape", "vote"}
+    assert (per_layer.k == 2).all() and np.allclose(per_layer.ari, 1.0) and np.allclose(out.nmi, 1.0)
+    assert (out[out.scope == "all heads"].k == 3).all()

@@ -25,7 +25,9 @@ from rllc.analysis.cluster import (
     cluster_trajectories,
     fit_labels,
     kshape_fit,
+    consensus_labels,
     metrics_over_k,
+    paper_clustering,
     sbd_matrix,
     subdivision_tree,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "cluster_set",
     "cluster_trajectories",
     "compare",
+    "consensus_labels",
+    "paper_clustering",
     "curve_features",
     "feature_agreement",
     "correlation_matrix",

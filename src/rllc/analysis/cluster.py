@@ -519,3 +519,57 @@ def cluster_trajectories(
     if not results:
         raise AnalysisError("every scope has fewer than 3 heads; nothing to cluster")
     return results
+
+
+# The rLLC paper's weighting of its majority vote (Appendix F.5: "weighted towards shape-based clustering").
+PAPER_VOTE_WEIGHTS = {"kmeans": 1.0, "kshape": 2.0}
+
+
+def consensus_labels(labelings: Mapping[str, Sequence[int]], k: int,
+                     weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """A weighted majority vote of several clusterings of the same heads: heads i and j are together in a
+    share of the (weighted) votes; the consensus is the average-linkage clustering of 1 - that share
+    into k groups (a co-association consensus)."""
+    weights = dict(weights or {})
+    names = list(labelings)
+    n = len(next(iter(labelings.values())))
+    together = np.zeros((n, n))
+    total = 0.0
+    for name in names:
+        w = float(weights.get(name, 1.0))
+        lab = np.asarray(labelings[name])
+        together += w * (lab[:, None] == lab[None, :])
+        total += w
+    if k == 1 or n < 2:
+        return np.zeros(n, dtype=int)
+    labels = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit_predict(
+        1.0 - together / total)
+    return canonical_labels(labels)
+
+
+def paper_clustering(ts: TrajectorySet, types: pd.Series, *, seed: int = 0,
+                     weights: Mapping[str, float] = PAPER_VOTE_WEIGHTS) -> pd.DataFrame:
+    """The rLLC paper's procedure (Appendix F.5), fixed before looking at any result: per layer, the heads'
+    curves (several keys concatenated, e.g. train ‖ code) clustered by Euclidean k-means and by k-Shape,
+    plus their majority vote weighted towards k-Shape (`consensus_labels`); the same for all heads together.
+    k is the number of behavioural types present among the heads of the view (the types are used to pick
+    k, never to pick among clusterings); a view with one type is skipped.
+
+    Returns one row per view and method: scope, method, k, n_heads, ari, nmi (against `types`) and the
+    clusters as "head head | head ..." text."""
+    rows = []
+    views = {"all heads": ts, **{f"layer {layer}": s for layer, s in ts.by_layer().items()}}
+    for scope, view in views.items():
+        truth = types.reindex(view.heads).astype(str)
+        k = int(truth.nunique())
+        if k < 2 or len(view.heads) < 3:
+            continue
+        labelings = {m: fit_labels(view.values, k, m, seed=seed) for m in ("kmeans", "kshape")}
+        labelings["vote"] = consensus_labels({m: labelings[m] for m in ("kmeans", "kshape")}, k, weights)
+        for method, labels in labelings.items():
+            groups = " | ".join(" ".join(h for h, c in zip(view.heads, labels) if c == g)
+                                for g in sorted(set(labels)))
+            rows.append(dict(scope=scope, method=method, k=k, n_heads=len(view.heads),
+                             ari=float(adjusted_rand_score(truth, labels)),
+                             nmi=float(normalized_mutual_info_score(truth, labels)), clusters=groups))
+    return pd.DataFrame(rows, columns=["scope", "method", "k", "n_heads", "ari", "nmi", "clusters"])
