@@ -111,13 +111,12 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
         d = est.diagnostics
         # se: the MCSE of the mean (arviz-stats); ess: bulk ESS
         diag = dict(per_chain=est.per_chain, std=est.std, se=d["se"], rhat=d["rhat"], ess=d["ess"],
-                    ess_tail=d["ess_tail"], burn_in=d["burn_in"], paired=p["paired"],
-                    init_loss=est.init_loss, n_coords=est.n_coords, estimator=d["estimator"],
+                    ess_tail=d["ess_tail"], init_loss=est.init_loss, n_coords=est.n_coords, estimator=d["estimator"],
                     mala_accept=d["mala_accept"], distance_max=d["distance_max"],
                     seconds_per_step=d["seconds_per_step"], n_distinct_batches=d["n_distinct_batches"],
                     fast_path=bool(d.get("fast_path", False)), compute_dtype=d.get("compute_dtype", "fp32"),
                     seed=task.seed, warnings=notes[label], **critical[label])
-        diag.update(settings.as_dict())  # the sampler settings, one column each (rllc.sampling.settings)
+        diag.update(settings.as_dict())  # the sampler settings (burn_in, paired, ...), one column each
         if d.get("bf16_check"):
             check = d["bf16_check"]
             diag["bf16_check"] = dict(accepted=check["accepted"], worst_head=check["worst_head"],

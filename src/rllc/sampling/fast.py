@@ -64,7 +64,7 @@ from rllc.sampling.update import ChainBlock, accumulator
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
 BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
 
-__all__ = ["Bf16Refused", "run_heads", "unsupported_reason"]
+__all__ = ["Bf16Refused", "head_reason", "run_heads", "unsupported_reason"]
 
 
 def _is_head(spec: Any) -> bool:
@@ -91,17 +91,24 @@ def unsupported_reason(model: nn.Module, components: Sequence[Any] | None, *, lo
         return "data refinement by a teacher is not in the fast path"
     if model.training and any(isinstance(m, nn.Dropout) for m in model.modules()):
         return "the model has dropout in training mode"
-    if components is not None:
-        for spec in components:
-            if not _is_head(spec):
-                return f"component {spec!r} is not a single head 'l:h'"
-            layer, head = (int(x) for x in spec.strip().split(":"))
-            if layer >= cfg.n_layers or head >= cfg.n_heads:
-                return f"head {spec!r} does not exist in this model"
+    for spec in components or ():
+        reason = head_reason(model, spec)
+        if reason is not None:
+            return reason
     params = [name for name, _ in model.named_parameters()]
     order = [n.rsplit(".", 1)[1] for n in params if n.startswith("blocks.0.attn.") and n.rsplit(".", 1)[1] in HEAD_PARAMS]
     if order != list(HEAD_PARAMS):
         return f"attention parameters are in an unexpected order {order}"
+    return None
+
+
+def head_reason(model: nn.Module, spec: Any) -> str | None:
+    """None if `spec` names one existing head "l:h" of `model` (a model `unsupported_reason` accepts); else why not."""
+    if not _is_head(spec):
+        return f"component {getattr(spec, 'name', spec)!r} is not a single head 'l:h'"
+    layer, head = (int(x) for x in spec.strip().split(":"))
+    if layer >= model.cfg.n_layers or head >= model.cfg.n_heads:
+        return f"head {spec!r} does not exist in this model"
     return None
 
 

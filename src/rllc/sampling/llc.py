@@ -58,8 +58,8 @@ def estimate_llc(model: nn.Module, data: Iterable, *, component: ComponentSpec =
 
     Arguments as :func:`estimate_llcs`, with one `component` (None: the whole model).
     """
-    key = _key(model, component)
-    return estimate_llcs(model, data, [component], **kwargs)[key]
+    (estimate,) = estimate_llcs(model, data, [component], **kwargs).values()
+    return estimate
 
 
 def estimate_llcs(
@@ -113,8 +113,10 @@ def estimate_llcs(
         raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
     if pair_chunk < 1:
         raise ValueError(f"pair_chunk must be positive, got {pair_chunk}")
-    specs = list(heads(model)) if components is None else list(components)
-    keys = [_key(model, c) for c in specs]
+    # Specs other than strings become Components once (their name is their key); strings stay (heads, "layer:0"...).
+    specs = [c if isinstance(c, (str, Component)) else resolve_component(model, c)
+             for c in (heads(model) if components is None else components)]
+    keys = [c.strip() if isinstance(c, str) else c.name for c in specs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"components are repeated: {keys}")
     seeds = list(chain_seeds) if chain_seeds is not None else [chain_seed(seed, c) for c in range(s.chains)]
@@ -123,8 +125,11 @@ def estimate_llcs(
     check_finite_weights(model)
 
     batched, reasons = [], {}
+    # The model-level conditions once, then each component's own.
+    model_reason = "fast=False" if fast is False else heads_backend.unsupported_reason(
+        model, None, loss_fn=loss_fn, teacher=teacher)
     for key, spec in zip(keys, specs):
-        reason = "fast=False" if fast is False else fast_reason(model, spec, loss_fn, teacher)
+        reason = model_reason or heads_backend.head_reason(model, spec)
         if reason is None:
             batched.append(key)
         else:
@@ -153,18 +158,3 @@ def estimate_llcs(
                     comp = resolve_component(model, spec)
                     out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper, on_step=step_done)
     return {key: out[key] for key in keys}
-
-
-def fast_reason(model: nn.Module, spec: ComponentSpec, loss_fn: LossFn | None, teacher: nn.Module | None) -> str | None:
-    """None if `spec` takes the batched head sampler; else why not (one line)."""
-    if not isinstance(spec, str):
-        return f"component {getattr(spec, 'name', spec)!r} is not a single head 'l:h'"
-    return heads_backend.unsupported_reason(model, [spec], loss_fn=loss_fn, teacher=teacher)
-
-
-def _key(model: nn.Module, spec: ComponentSpec) -> str:
-    if isinstance(spec, str):
-        return spec.strip()
-    if isinstance(spec, Component):
-        return spec.name
-    return resolve_component(model, spec).name

@@ -126,6 +126,7 @@ class ChainBlock:
                 v = self.square_avg[i][rows]
                 v.mul_(s.rmsprop_alpha).addcmul_(g, g, value=1 - s.rmsprop_alpha)
                 precond = 1.0 / (torch.sqrt(v) + s.rmsprop_eps)
+                precond_sqrt = precond.sqrt()
                 drift = precond * g.mul(s.nbeta)  # devinterp's order of operations
                 drift.add_(precond * prior)
                 # The reverse of the previous move uses that move's preconditioner (see the module docstring).
@@ -139,12 +140,12 @@ class ChainBlock:
                 backward_sq += sq(wp - w + (0.5 * eps) * drift)
             w_next = w.clone()
             w_next.add_(drift, alpha=-0.5 * eps)
-            w_next.add_(precond.sqrt() * xi if rms else xi, alpha=sqrt_eps * s.noise_level)
+            w_next.add_(precond_sqrt * xi if rms else xi, alpha=sqrt_eps * s.noise_level)
             if s.bounding_box is not None:
                 torch.clamp_(w_next, min=w0 - s.bounding_box, max=w0 + s.bounding_box)
             dist_sq += sq(diff)
             forward = w_next - w + (0.5 * eps) * drift
-            forward_sq += sq(forward / precond.sqrt() if rms else forward)
+            forward_sq += sq(forward / precond_sqrt if rms else forward)
             wp.copy_(w)
             w.copy_(w_next)
             if rms:
