@@ -94,14 +94,28 @@ def gold_values(series, model, key: str, regold: bool) -> dict:
     return out
 
 
-def run_rllc(model, batches, sampler: str, seed: int, draws: int) -> dict:
+def seed_data(series, seed: int, steps: int):
+    """Seed `seed`'s rows as devinterp reads them (a Dataset its DataLoader shuffles with a generator seeded
+    100 + seed) and the same batches in that order for rllc: (dataset, batches)."""
+    import datasets
+
+    rows = torch.cat(batches_for(series, seed, steps))
+    hf = datasets.Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
+    order = DataLoader(hf, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(100 + seed),
+                       drop_last=True)
+    return hf, [b["input_ids"] for b in order]
+
+
+def run_rllc(model, batches, sampler: str, seed: int, draws: int, **overrides) -> dict:
+    """One rllc run at the benchmark's settings (`overrides`, e.g. epsilon=, replace some of them)."""
+    settings = {**SETTINGS, **overrides}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est = estimate_llcs(model, batches, None, chains=CHAINS, draws=draws, burn_in=BURN_IN, seed=seed,
-                            sampler=sampler, **SETTINGS)
+                            sampler=sampler, **settings)
     seconds = time.perf_counter() - t0
-    nbeta = SETTINGS["nbeta"]
+    nbeta = settings["nbeta"]
     # per head: [chains, draws] paired values nbeta * (L_t(w_t) - L_t(w*))
     values = {h: (nbeta * (e.loss_trace - e.diagnostics["loss_at_w_star_trace"][None])).tolist()
               for h, e in est.items()}
@@ -171,8 +185,6 @@ def main() -> None:
     RUNS_FILE = Path(args.cache_dir) / RUNS_FILE.name
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    import datasets
-
     series = load_checkpoints(args.checkpoints)
     step = series.steps[-1]
     model = series[step]
@@ -195,14 +207,7 @@ def main() -> None:
     if not args.skip_devinterp:
         methods += [("devinterp", "sgld"), ("devinterp", "rmsprop")]
     for seed in range(args.seeds):
-        draws_max = max(args.draws, args.devinterp_draws)
-        batches_all = batches_for(series, seed, BURN_IN + draws_max)
-        rows = torch.cat(batches_all)
-        hf = datasets.Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
-        # devinterp's order of these rows: its DataLoader shuffled by a generator seeded init_seed; rllc replays it.
-        order = list(DataLoader(hf, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(100 + seed),
-                                drop_last=True))
-        batches = [b["input_ids"] for b in order]
+        hf, batches = seed_data(series, seed, BURN_IN + max(args.draws, args.devinterp_draws))
         for tool, sampler in methods:
             name = f"{tool}|{sampler}|{seed}"
             if name in runs:
