@@ -30,11 +30,16 @@ def test_quick_demo_runs_every_stage(first):
     assert list(timings["latest"]["stages"]) == list(STAGES) and timings["latest"]["complete"]
     assert timings["first_full"]["started"] == timings["latest"]["started"]
     assert timings["latest"]["stages"]["train"]["trained"] is True
-    assert timings["latest"]["stages"]["estimate"]["computed"] == 30  # 15 checkpoints x (prose, code)
-    assert sum(f"==> [{i}/7]" in line for i in range(1, 8) for line in lines) == 7
+    assert timings["latest"]["stages"]["estimate"]["computed"] == 30  # 15 checkpoints x (train, code)
+    assert sum(f"==> [{i}/8]" in line for i in range(1, 9) for line in lines) == 8
     findings = json.loads((root / "run" / "analysis" / "findings.json").read_text())
-    assert set(findings) == {"head_formation", "icl_drop", "clustering", "data_refinement", "critical_points",
-                             "timings"}
+    assert set(findings) == {"head_formation", "icl_drop", "convergence", "clustering", "curve_agreement",
+                             "data_refinement", "critical_points", "paper_claims", "timings"}
+    assert findings["clustering"]["numbers"]["keys"] == ["llc@train", "llc@code"]
+    # the noise stage: the last checkpoint's heads with 3 further seeds, for the convergence finding
+    noise = findings["convergence"]["numbers"]
+    assert noise["seeds"] == 4 and noise["heads"] == 8 and noise["snr"] > 0
+    assert len(findings["paper_claims"]["numbers"]["claims"]) == 5
     assert all(f["status"] in ("PASS", "FAIL", "reported", "missing") for f in findings.values())
 
 
@@ -53,7 +58,8 @@ def test_rerun_through_the_cli_reuses_finished_work(first):
     assert latest["stages"]["probe"]["computed"] == 0
     assert latest["stages"]["train"]["seconds"] < full["stages"]["train"]["seconds"]
     assert latest["stages"]["estimate"]["seconds"] < full["stages"]["estimate"]["seconds"]
-    assert "==> [7/7] report" in errors.getvalue()
+    assert latest["stages"]["noise"]["seconds"] < full["stages"]["noise"]["seconds"]  # its estimates reused
+    assert "==> [8/8] report" in errors.getvalue()
     assert "[FAIL] Head formation" in errors.getvalue() or "[PASS] Head formation" in errors.getvalue()
 
 
@@ -64,3 +70,13 @@ def test_demo_refuses_a_checkpoint_dir_of_another_run(first, tmp_path):
         assert cli.main(["demo", "--preset", "tiny", "--checkpoints", str(root / "ck"), "--out",
                          str(tmp_path / "run"), "--quiet"]) == 2
     assert "another configuration" in errors.getvalue()
+
+
+def test_the_demo_settings_are_the_committed_calibration():
+    """experiments/demo_estimate.toml shares every calibrated setting with demo_calibration/calibration.toml;
+    a drift is named."""
+    from rllc.demo import calibration_mismatch, estimate_options
+
+    opts = estimate_options(None, False, {})
+    assert calibration_mismatch(opts) == {}
+    assert calibration_mismatch({**opts, "gamma": 100.0}) == {"gamma": (100.0, 200.0)}

@@ -6,11 +6,16 @@ Stages (each announced by a banner, each timed into RUN_DIR/timings.json):
               checkpoints) and the token arrays (cached under $RLLC_CACHE)
     train     the demo model with its checkpoint schedule (resumes an interrupted run;
               a finished one is left as it is)
-    estimate  wrLLC of every head and the full-model LLC on prose, drLLC of every head on
-              code (settings: experiments/demo_estimate.toml); finished tasks are skipped
+    estimate  wrLLC of every head and the full-model LLC on the training distribution, drLLC
+              of every head on code (settings: experiments/demo_estimate.toml, the calibrated
+              ones of experiments/demo_calibration/calibration.toml with longer chains; the
+              demo says so if they drift apart); finished tasks are skipped
+    noise     the calibration's precision re-checked on this run: the heads' wrLLC at the
+              last checkpoint with further seeds (RUN_DIR/seed_noise/), for the between-head
+              over between-seed sd in the findings
     probe     `rllc probe` with its defaults (behaviour signals per checkpoint); finished
               checkpoints are skipped
-    cluster   `rllc cluster` defaults (prose ‖ code head LLC curves)  -> RUN_DIR/analysis/cluster
+    cluster   `rllc cluster` defaults (train ‖ code head LLC curves)  -> RUN_DIR/analysis/cluster
     compare   `rllc compare` defaults                                 -> RUN_DIR/analysis/compare
     report    the findings (rllc.analysis.findings) and the HTML page -> RUN_DIR/analysis/report.html
 
@@ -31,13 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("data", "train", "estimate", "probe", "cluster", "compare", "report")
+STAGES = ("data", "train", "estimate", "noise", "probe", "cluster", "compare", "report")
 TIMINGS = "timings.json"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TRAIN_CONFIG = "experiments/demo.toml"
 DEFAULT_ESTIMATE_CONFIG = "experiments/demo_estimate.toml"
-# The issue's list: (dataset, components) per estimation pass.
-ESTIMATE_PASSES = (("prose", ["heads", "model"]), ("code", ["heads"]))
+CALIBRATION = "experiments/demo_calibration/calibration.toml"
+# Settings the estimation config must share with the calibration it was derived from (draws, chains and
+# execution may differ: more draws only lengthen the chains the calibration judged).
+CALIBRATED = ("sampler", "epsilon", "nbeta", "gamma", "burn_in", "paired", "crn", "batch_size")
+# (dataset, components) per estimation pass: the weight-refined LLC of every head and the full-model LLC on
+# the distribution the model was trained on, the data-refined LLC of every head on code (the paper's Pile ‖ GitHub).
+ESTIMATE_PASSES = (("train", ["heads", "model"]), ("code", ["heads"]))
+NOISE_SEEDS = (1, 2, 3)  # further seeds at the last checkpoint, beside the run's own
 # --quick: a tiny model on both corpora and very short chains; for tests and smoke runs.
 QUICK_TRAIN = dict(data=["prose", "code"])
 QUICK_ESTIMATE = dict(chains=2, draws=8, batch_size=4, workers=1)
@@ -184,7 +195,7 @@ def stage_data(cfg, ckpt: Path) -> str:
     if tokenizer is None:
         return f"{len(train_ds.tokens):,} training tokens (token arrays, no tokenizer)"
     sizes = []
-    for name, _ in ESTIMATE_PASSES:  # what the estimation stage will read, tokenised once here
+    for name in [n for n, _ in ESTIMATE_PASSES if n != "train"]:  # corpora the estimation reads, tokenised once here
         tokens = tokenize_corpus(load_corpus(name), tokenizer, default_cache_dir())
         sizes.append(f"{name} {len(tokens):,}")
     return (f"tokenizer {ckpt / 'tokenizer.json'} (vocab {tokenizer.get_vocab_size()}); training mix "
@@ -200,11 +211,28 @@ def stage_train(cfg, ckpt: Path, progress: bool) -> tuple[str, dict]:
     return f"trained to step {cfg.n_steps}", dict(trained=True)
 
 
-def stage_estimate(ckpt: Path, run: Path, opts: dict, progress: bool) -> tuple[str, dict]:
+def calibration_mismatch(opts: dict[str, Any], calibration: str | Path = CALIBRATION) -> dict[str, tuple]:
+    """{setting: (estimation value, calibrated value)} for the CALIBRATED settings that differ from the
+    committed calibration (empty when they agree)."""
+    from rllc.runs.options import ESTIMATE_DEFAULTS, read_toml
+
+    calibrated = {**ESTIMATE_DEFAULTS, **read_toml(find_file(calibration, CALIBRATION), ESTIMATE_DEFAULTS)}
+    used = {**ESTIMATE_DEFAULTS, **opts}
+    return {k: (used[k], calibrated[k]) for k in CALIBRATED if used[k] != calibrated[k]}
+
+
+def stage_estimate(ckpt: Path, run: Path, opts: dict, progress: bool, result: DemoResult | None = None,
+                   check: bool = False) -> tuple[str, dict]:
     from rllc.runs import run_estimate
 
     done = skipped = failed = 0
     parts = []
+    if check:  # the committed calibration is what the demo's settings claim to be
+        differ = calibration_mismatch(opts)
+        if differ and result is not None:
+            result.notes.append(f"the estimation settings differ from the calibration ({CALIBRATION}): " + ", ".join(
+                f"{k} {a} vs calibrated {b}" for k, (a, b) in differ.items()) + "; rerun rllc calibrate")
+        parts.append("settings as calibrated" if not differ else f"{len(differ)} setting(s) differ from the calibration")
     for dataset, components in ESTIMATE_PASSES:
         s = run_estimate(ckpt, run, **{**opts, "datasets": [dataset], "components": components,
                                        "quiet": not progress})
@@ -212,6 +240,38 @@ def stage_estimate(ckpt: Path, run: Path, opts: dict, progress: bool) -> tuple[s
         parts.append(f"{dataset} [{'+'.join(components)}]: {s.done} computed, {s.skipped} reused, "
                      f"{s.failed} failed")
     return "; ".join(parts), dict(computed=done, skipped=skipped, failed=failed)
+
+
+def stage_noise(ckpt: Path, run: Path, opts: dict, progress: bool, state: dict) -> tuple[str, dict]:
+    """The heads' wrLLC at the run's last checkpoint with NOISE_SEEDS (each its own run directory under
+    RUN_DIR/seed_noise, so the main store keeps one seed per checkpoint), beside the run's own estimate:
+    rows step, component, seed, value in RUN_DIR/seed_noise/values.csv and state["seed_noise"]."""
+    import pandas as pd
+
+    from rllc.runs import load_results, run_estimate
+
+    dataset, _ = ESTIMATE_PASSES[0]
+    main = load_results(run)
+    own = main[(main["signal"] == "llc") & (main["dataset"] == dataset) & main["component"].str.contains(":")]
+    if own.empty:
+        return "skipped: no per-head estimates in the run", dict(failed=0)
+    last = int(own["step"].max())
+    seed = int(opts.get("seed", 0) or 0)
+    frames = [own[own["step"] == last].assign(seed=seed)]
+    failed = 0
+    for s in NOISE_SEEDS:
+        out = run / "seed_noise" / f"seed-{s}"
+        summary = run_estimate(ckpt, out, **{**opts, "datasets": [dataset], "components": ["heads"],
+                                             "steps": str(last), "seed": seed + s, "workers": 1, "threads": None,
+                                             "quiet": not progress})
+        failed += summary.failed
+        rows = load_results(out)
+        frames.append(rows[(rows["signal"] == "llc") & (rows["step"] == last)].assign(seed=seed + s))
+    values = pd.concat(frames, ignore_index=True)[["step", "component", "seed", "value"]]
+    values.to_csv(run / "seed_noise" / "values.csv", index=False)
+    state["seed_noise"] = values
+    return (f"step {last}: {values['component'].nunique()} heads x {values['seed'].nunique()} seeds",
+            dict(failed=failed))
 
 
 def stage_probe(ckpt: Path, run: Path, opts: dict, progress: bool) -> tuple[str, dict]:
@@ -256,10 +316,12 @@ def run_demo(
         "data": "prose and code corpora, tokenizer, token arrays",
         "train": f"{m['n_layers']} layers x {m['n_heads']} heads, d_model {m['d_model']}, n_ctx {m['n_ctx']}, "
                  f"{cfg.n_steps} steps -> {ckpt}",
-        "estimate": f"wrLLC of every head + full-model LLC on prose, drLLC of every head on code ({opts.get('chains')} "
-                    f"chains x {opts.get('draws')} draws, batch {opts.get('batch_size')}) -> {run}",
+        "estimate": f"wrLLC of every head + full-model LLC on the training distribution, drLLC of every head on code "
+                    f"({opts.get('chains')} chains x {opts.get('draws')} draws, batch {opts.get('batch_size')}) -> {run}",
+        "noise": f"the heads' wrLLC at the last checkpoint with seeds {', '.join(map(str, NOISE_SEEDS))} -> "
+                 f"{run / 'seed_noise'}",
         "probe": "behaviour signals per checkpoint (rllc probe defaults)",
-        "cluster": "per-head LLC trajectories (prose ‖ code) -> analysis/cluster",
+        "cluster": "per-head LLC trajectories (train ‖ code) -> analysis/cluster",
         "compare": "correlations, critical points, stages -> analysis/compare",
         "report": "findings and the HTML report -> analysis/report.html",
     }
@@ -277,11 +339,13 @@ def run_demo(
     try:
         stage(1, "data", lambda: stage_data(cfg, ckpt))
         stage(2, "train", lambda: stage_train(cfg, ckpt, progress))
-        stage(3, "estimate", lambda: stage_estimate(ckpt, run, opts, progress))
-        stage(4, "probe", lambda: stage_probe(ckpt, run, opts, progress))
-        stage(5, "cluster", lambda: stage_cluster(run, quick, state, result))
-        stage(6, "compare", lambda: stage_compare(run, state, result))
-        stage(7, "report", lambda: stage_report(run, quick, state, result, timings))
+        stage(3, "estimate", lambda: stage_estimate(ckpt, run, opts, progress, result, check=estimate_config is None
+                                                    and not quick))
+        stage(4, "noise", lambda: stage_noise(ckpt, run, opts, progress, state))
+        stage(5, "probe", lambda: stage_probe(ckpt, run, opts, progress))
+        stage(6, "cluster", lambda: stage_cluster(run, quick, state, result))
+        stage(7, "compare", lambda: stage_compare(run, state, result))
+        stage(8, "report", lambda: stage_report(run, quick, state, result, timings))
     finally:
         timings.finish()
     result.timings = timings.data
@@ -348,7 +412,12 @@ def stage_report(run: Path, quick: bool, state: dict, result: DemoResult, timing
 
     table = _table(run, state)
     options = state.get("cluster_options", {})
-    findings = study_findings(table, timings.data, **{k: v for k, v in options.items() if k in ("algorithms", "ks")})
+    noise = state.get("seed_noise")
+    if noise is None and (run / "seed_noise" / "values.csv").exists():
+        import pandas as pd
+
+        noise = pd.read_csv(run / "seed_noise" / "values.csv")
+    findings = study_findings(table, timings.data, seed_noise=noise)
     findings.to_json(run / "analysis" / "findings.json")
     result.findings = findings
     try:
@@ -384,9 +453,11 @@ def cmd_demo(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "demo", help="the whole study: data, train, estimate, probe, cluster, compare, report (resumable)",
+        "demo", help="the whole study: data, train, estimate, noise, probe, cluster, compare, report (resumable)",
         description="Build the corpora and tokenizer, train the demo model, estimate wrLLC (all heads) and the "
-                    "full-model LLC on prose and drLLC (all heads) on code, probe behaviour, cluster, compare and "
+                    "full-model LLC on the training distribution and drLLC (all heads) on code with the calibrated "
+                    "settings, re-estimate the heads at the last checkpoint with further seeds (precision check), "
+                    "probe behaviour, cluster, compare and "
                     "write the report with its findings; each stage's wall time goes into RUN_DIR/timings.json. "
                     "Rerunning reuses finished work (training resumes; finished estimation and probe tasks are "
                     "skipped; the analysis is recomputed).")

@@ -224,10 +224,17 @@ def cmd_report(args) -> int:
             timings = json.loads(timings_path.read_text())
         except (OSError, ValueError) as e:
             notes.append(f"{timings_path} could not be read: {e}")
+    findings_options = None
+    noise_path = Path(args.run_dir) / "seed_noise" / "values.csv"  # written by `rllc demo` (its noise stage)
+    if noise_path.is_file():
+        import pandas as pd
+
+        findings_options = dict(seed_noise=pd.read_csv(noise_path), seed=cluster_options.get("seed", 0))
     path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
                         cluster_options=cluster_options, compare_keys=args.compare_signals,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
                         notes=notes, findings=not args.no_findings, timings=timings,
+                        findings_options=findings_options,
                         calibration=calib if (calib := Path(args.run_dir) / "calibration").is_dir() else None)
     print(path)
     return 0

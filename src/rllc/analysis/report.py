@@ -284,7 +284,8 @@ def findings_section(findings: StudyFindings) -> str:
             f"<th>method</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"]
     for f in findings:
         if f.table is not None and len(f.table):
-            body.append(f"<details><summary>{_esc(f.title)}: numbers</summary>"
+            opened = " open" if f.name == "paper_claims" else ""  # the claims table is the study's summary
+            body.append(f"<details{opened}><summary>{_esc(f.title)}: numbers</summary>"
                         f"{html_table(f.table, max_rows=64)}</details>")
     return _section("findings", "Findings", "".join(body))
 
@@ -509,8 +510,7 @@ def build_report(
         shown = findings
     elif findings:
         if findings_options is None:  # cluster the way the clustering section does
-            findings_options = {k: v for k, v in dict(cluster_options or {}).items()
-                                if k in ("algorithms", "ks", "criterion", "seed")}
+            findings_options = {k: v for k, v in dict(cluster_options or {}).items() if k == "seed"}
         shown = study_findings(table, timings, **dict(findings_options))
         if all(f.status == MISSING for f in shown):
             notes.append("Findings left out: the run has none of their inputs.")
