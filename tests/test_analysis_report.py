@@ -172,3 +172,6 @@ def test_report_opens_with_the_findings(report):
         assert title in text
     assert '<span class="badge pass">PASS</span>' in text and '<span class="badge missing">missing</span>' in text
     assert (report.parent / "findings.json").is_file()
+    # the clustering finding's curves, coloured by behavioural type, one figure per clustered key
+    figures = sorted(report.parent.glob("findings_curves_*.png"))
+    assert figures and "the clustering used, coloured by behavioural type" in text

@@ -267,7 +267,34 @@ def calibration_section(folder: Path) -> str:
     return _section("calibration", "Calibration", "".join(body))
 
 
-def findings_section(findings: StudyFindings) -> str:
+def findings_figures(table: pd.DataFrame, findings: StudyFindings, out: str | Path) -> list[tuple[Path, str]]:
+    """The curves the clustering finding clustered (each of its keys, the checkpoints it used), coloured by
+    behavioural type, one PNG per key under `out`; [] when the finding has no curves."""
+    from rllc.analysis.figures import plot_head_curves
+    from rllc.analysis.trajectories import stack_trajectories
+
+    try:
+        f = findings["clustering"]
+    except KeyError:
+        return []
+    keys, types = f.numbers.get("keys"), f.numbers.get("type_of")
+    if not keys or not types:
+        return []
+    ts = stack_trajectories(table, keys, normalisation="none")
+    clusters = {v["scope"]: v["clusters"] for v in f.numbers.get("views", []) if v["method"] == f.numbers.get(
+        "verdict_method") and v["scope"] != "all heads"}
+    note = "; ".join(f"{scope}: {groups}" for scope, groups in clusters.items())
+    figures = []
+    for key in keys:
+        path = Path(out) / f"findings_curves_{key.replace('@', '_').replace('/', '_')}.png"
+        plot_head_curves(ts.raw[key], pd.Series(types), title=f"{key}, the curves clustered, by behavioural type",
+                         ylabel=key, legend_title="type", path=path)
+        figures.append((path, f"Per-head {key} at the checkpoints the clustering used, coloured by behavioural "
+                              f"type. Vote clusters: {note}."))
+    return figures
+
+
+def findings_section(findings: StudyFindings, figures: Sequence[tuple[str | Path, str]] = ()) -> str:
     """The findings as a small table with PASS / FAIL / reported / missing badges; each finding's
     per-head numbers in a collapsed block below."""
     rows = []
@@ -282,6 +309,8 @@ def findings_section(findings: StudyFindings) -> str:
             "<i>missing</i>: the run lacks the inputs.</p>",
             '<table class="findings"><thead><tr><th>finding</th><th>status</th><th>result</th>'
             f"<th>method</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"]
+    for path, caption in figures:
+        body.append(embed_png(path, caption))
     for f in findings:
         if f.table is not None and len(f.table):
             opened = " open" if f.name == "paper_claims" else ""  # the claims table is the study's summary
@@ -303,13 +332,14 @@ def render_report(
     primary_algorithm: str | None = None,
     findings: StudyFindings | None = None,
     calibration: str | Path | None = None,
+    findings_figures: Sequence[tuple[str | Path, str]] = (),
 ) -> str:
     """The HTML text of the report (figures read from the writers' files and embedded); `findings`
     (rllc.analysis.findings.study_findings) become the first section when given."""
     table = annotate(df)
     parts = []
     if findings is not None:
-        parts.append(findings_section(findings))
+        parts.append(findings_section(findings, findings_figures))
     n_steps = table["step"].nunique()
     keys = signal_keys(table)
     heads = sorted(table.loc[table["level"] == "head", "component"].unique())
@@ -517,12 +547,19 @@ def build_report(
             shown = None
         else:
             shown.to_json(out / "findings.json")
+    figures = []
+    if shown is not None:
+        try:
+            figures = findings_figures(table, shown, out)
+        except AnalysisError as e:
+            notes.append(f"Findings figures skipped: {e}")
     page = render_report(table, config, title=title, cluster=cluster, comparison=comparison, rhat_max=rhat_max,
-                         ess_min=ess_min, notes=notes, findings=shown, calibration=calibration)
+                         ess_min=ess_min, notes=notes, findings=shown, calibration=calibration,
+                         findings_figures=figures)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
 __all__ = ["RHAT_MAX", "build_report", "convergence_html", "diagnostics_overview", "diagnostics_table", "embed_png",
-           "findings_section", "html_table", "render_report"]
+           "findings_figures", "findings_section", "html_table", "render_report"]
