@@ -5,10 +5,13 @@ from rllc.sampling.data import BatchStream, NonFiniteDataError, TeacherTargets, 
 from rllc.sampling.diagnostics import ChainDivergedError, ess_bulk, ess_tail, mcse_mean, rhat, trace_summary
 from rllc.sampling.kernel import ProjectedSGLD, chain_seed
 from rllc.sampling.llc import estimate_llc, estimate_llcs
+from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, estimates_table
 from rllc.sampling.settings import SAMPLERS, SGLDSettings
+from rllc.sampling.susceptibility import BIF, Susceptibilities, bif, susceptibilities
 
 __all__ = [
+    "BIF",
     "BatchStream",
     "ChainDivergedError",
     "LLCEstimate",
@@ -16,7 +19,10 @@ __all__ = [
     "ProjectedSGLD",
     "SAMPLERS",
     "SGLDSettings",
+    "Susceptibilities",
     "TeacherTargets",
+    "TokenLossObserver",
+    "bif",
     "calibrate",
     "chain_seed",
     "ess_bulk",
@@ -29,5 +35,6 @@ __all__ = [
     "estimates_table",
     "next_token_loss",
     "plot_calibration",
+    "susceptibilities",
     "teacher_loss",
 ]

@@ -131,15 +131,21 @@ def logits_of(output: Any) -> Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
+def next_token_losses(model: nn.Module, batch: Any) -> Tensor:
+    """Per-token next-token cross-entropy [batch, pos-1] of a model mapping token ids [batch, pos] to logits
+    (position p predicts token p+1)."""
+    tokens = tokens_of(batch)
+    log_probs = F.log_softmax(logits_of(model(tokens)), dim=-1)
+    return -log_probs[..., :-1, :].gather(dim=-1, index=tokens[..., 1:, None])[..., 0]
+
+
 def next_token_loss(model: nn.Module, batch: Any) -> Tensor:
     """Mean next-token cross-entropy of a model mapping token ids [batch, pos] to logits.
 
     Written as devinterp 2.0.1 writes it (log_softmax, gather, mean over
     batch x (pos-1)), so the same weights give the same float32 loss.
     """
-    tokens = tokens_of(batch)
-    log_probs = F.log_softmax(logits_of(model(tokens)), dim=-1)
-    return -log_probs[..., :-1, :].gather(dim=-1, index=tokens[..., 1:, None])[..., 0].mean()
+    return next_token_losses(model, batch).mean()
 
 
 class TeacherTargets:

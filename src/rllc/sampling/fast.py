@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from rllc.models.components import HEAD_PARAMS, _HEAD
 from rllc.sampling.data import BatchStream, next_token_loss, reference_losses, tokens_of
+from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings
 from rllc.sampling.update import ChainBlock, accumulator
@@ -210,13 +211,10 @@ class _LayerGroup:
         return len(self.head_of_pair)
 
 
-def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int,
-                 low: torch.dtype | None) -> Tensor:
-    """Mean next-token loss of each pair [k] whose head hidx[k] of `layer` has weights ws[.][k].
-
-    Pairs come in runs of `group` with the same head (its chains). `low`: dtype of the unembedding
-    matmuls (None: the model's dtype); logits, softmax and losses stay in the model's dtype.
-    """
+def _ce_inputs(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int):
+    """The inputs of the cross-entropy of each pair [k] whose head hidx[k] of `layer` has weights ws[.][k]:
+    (x, m, inv_scale, shared, bias, targets) with logits = inv_scale * (x @ m + shared) + bias
+    (see `_LinearCrossEntropy`). Pairs come in runs of `group` with the same head (its chains)."""
     cfg = model.cfg
     W_Q, W_K, W_V, W_O, b_Q, b_K, b_V = ws
     attn = model.blocks[layer].attn
@@ -241,8 +239,7 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
             centred = resid - resid.mean(-1, keepdim=True)
             inv_scale = (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).rsqrt().flatten(1, 2)
             bias = model.ln_final.b @ W_U + b_U
-        return _LinearCrossEntropy.apply(z.flatten(1, 2), _head_unembed(W_O, lnw, W_U), inv_scale, shared,
-                                         bias, targets, group, low, CE_BLOCK)
+        return z.flatten(1, 2), _head_unembed(W_O, lnw, W_U), inv_scale, shared, bias, targets
     out = torch.einsum("kbqe,ked->kbqd", z, W_O)
     resid = cache.resid[layer + 1][None] - cache.head_out[layer][hidx] + out  # [k, B, T, d]
     for block in model.blocks[layer + 1:]:
@@ -255,7 +252,37 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
         centred = resid - resid.mean(-1, keepdim=True)
         resid = centred * (centred.pow(2).mean(-1, keepdim=True) + ln.eps).rsqrt()
         m, bias = ln.w[:, None] * W_U, ln.b @ W_U + b_U
-    return _LinearCrossEntropy.apply(resid.flatten(1, 2), m, None, None, bias, targets, group, low, CE_BLOCK)
+    return resid.flatten(1, 2), m, None, None, bias, targets
+
+
+def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int,
+                 low: torch.dtype | None) -> Tensor:
+    """Mean next-token loss of each pair [k] (`_ce_inputs`), fused with its gradient (`_LinearCrossEntropy`).
+    `low`: dtype of the unembedding matmuls (None: the model's dtype); logits, softmax and losses stay in
+    the model's dtype."""
+    x, m, inv_scale, shared, bias, targets = _ce_inputs(model, cache, layer, hidx, ws, group)
+    return _LinearCrossEntropy.apply(x, m, inv_scale, shared, bias, targets, group, low, CE_BLOCK)
+
+
+@torch.no_grad()
+def _pair_token_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor],
+                       group: int) -> Tensor:
+    """Per-token next-token loss of each pair [k, B * (T-1)] (observables; no gradient), in blocks of
+    CE_BLOCK tokens so that no vocabulary-sized tensor holds more than a block."""
+    x, m, inv_scale, shared, bias, targets = _ce_inputs(model, cache, layer, hidx, ws, group)
+    out = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
+    for i in range(x.shape[0]):
+        m_i = m[i] if m.dim() == 3 else m
+        for t0 in range(0, x.shape[1], CE_BLOCK):
+            t1 = min(x.shape[1], t0 + CE_BLOCK)
+            u = x[i, t0:t1] @ m_i
+            if shared is not None:
+                u = u + shared[i // group, t0:t1]
+            if inv_scale is not None:
+                u = u * inv_scale[i, t0:t1]
+            logits = u + bias
+            out[i, t0:t1] = torch.logsumexp(logits, 1) - logits.gather(1, targets[t0:t1, None])[:, 0]
+    return out
 
 
 def _frozen_block(block: nn.Module, resid: Tensor, pos: Tensor | None) -> Tensor:
@@ -351,7 +378,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], settings: SGLDSettings,
               seeds: Sequence[int], hyper: dict[str, Any], *, pair_chunk: int = 8, compute_dtype: str = "fp32",
-              bf16_pilot_draws: int = 10, on_step: Callable[[int], None] | None = None) -> dict[str, LLCEstimate]:
+              bf16_pilot_draws: int = 10, on_step: Callable[[int], None] | None = None,
+              observer: TokenLossObserver | None = None) -> dict[str, LLCEstimate]:
     """{head: LLCEstimate} for single heads "l:h" of a model :func:`unsupported_reason` accepts.
 
     Called by the entry point (``rllc.estimate_llcs``), which validates the arguments; every head gets
@@ -373,7 +401,7 @@ def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], setti
         if compute_dtype == "bf16":
             check = _check_bf16(model, stream, list(heads), min(settings.draws, bf16_pilot_draws), run_kw)
             low = torch.bfloat16 if check["accepted"] else None
-        out = _run(model, stream, list(heads), low=low, on_step=on_step, **run_kw)
+        out = _run(model, stream, list(heads), low=low, on_step=on_step, observer=observer, **run_kw)
         for est in out.values():
             est.diagnostics["compute_dtype"] = "bf16" if low is not None else "fp32"
             est.diagnostics["bf16_check"] = check
@@ -382,6 +410,20 @@ def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], setti
         for p, requires_grad, grad in saved:
             p.requires_grad_(requires_grad)
             p.grad = grad
+
+
+def _observe(model: nn.Module, probes: dict[str, _Cache], group: _LayerGroup, chunk: int,
+             observer: TokenLossObserver) -> None:
+    """Every probe set's per-token losses at each pair's current state w_t, recorded per (head, chain)."""
+    values: dict[str, Tensor] = {}
+    for name, cache in probes.items():
+        per_pair = [_pair_token_losses(model, cache, group.layer, group.head_of_pair[lo:hi],
+                                       [w[lo:hi] for w in group.block.w], group.chains)
+                    for lo in range(0, group.n_pairs, chunk) for hi in [min(lo + chunk, group.n_pairs)]]
+        n_seq = cache.tokens.shape[0]
+        values[name] = torch.cat(per_pair).view(group.n_pairs, n_seq, -1).double().cpu()
+    for k, (head, chain) in enumerate(zip(group.head_of_pair.tolist(), group.chain_of_pair)):
+        observer.record(f"{group.layer}:{head}", chain, {name: v[k].numpy() for name, v in values.items()})
 
 
 class Bf16Refused(UserWarning):
@@ -418,7 +460,8 @@ def _check_bf16(model, stream, comps, pilot_draws, run_kw) -> dict[str, Any]:
 
 
 def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings, seeds: list[int],
-         hyper: dict[str, Any], pair_chunk: int, low=None, on_step=None) -> dict[str, LLCEstimate]:
+         hyper: dict[str, Any], pair_chunk: int, low=None, on_step=None,
+         observer: TokenLossObserver | None = None) -> dict[str, LLCEstimate]:
     s = settings
     cfg = model.cfg
     chains = s.chains
@@ -445,6 +488,11 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
     log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
 
     chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
+    probes = {}  # the forward pass at w* of each fixed probe set, once (each in its own buffers)
+    if observer is not None:
+        with torch.no_grad():
+            probes = {name: _Cache(model, tokens.to(model.unembed.W_U.device), last_heads, _Workspace())
+                      for name, tokens in observer.probes.items()}
     for t in range(steps):
         batch = stream[t]
         tokens = tokens_of(batch)
@@ -455,6 +503,8 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
                      for g in generators]
         for group in groups:
             layer, block = group.layer, group.block
+            if observer is not None and observer.wants(t):
+                _observe(model, probes, group, chunk, observer)
             step_loss = np.empty(group.n_pairs)
             grads = [torch.empty_like(w) for w in block.w]
             for lo in range(0, group.n_pairs, chunk):

@@ -17,14 +17,17 @@ from torch import nn
 from rllc.models.components import Component
 from rllc.sampling.data import BatchStream, LossFn, reference_losses
 from rllc.sampling.kernel import ProjectedSGLD
+from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings
 
 
 def run(model: nn.Module, stream: BatchStream, loss_fn: LossFn, comp: Component, settings: SGLDSettings,
-        seeds: Sequence[int], hyper: dict[str, Any], on_step: Callable[[int], None] | None = None) -> LLCEstimate:
+        seeds: Sequence[int], hyper: dict[str, Any], on_step: Callable[[int], None] | None = None,
+        observer: TokenLossObserver | None = None) -> LLCEstimate:
     """The estimate of one component; `hyper` (seed, data refinement...) joins the settings in its record.
-    `on_step(t)` is called after step t of every chain (progress, or any per-step plug-in)."""
+    `on_step(t)` is called after step t of every chain (progress, or any per-step plug-in); `observer`
+    records its probe sets' per-token losses at each chain's state w_t of the draws it wants."""
     s = settings
     start = time.perf_counter()
     steps = s.burn_in + s.draws
@@ -38,6 +41,9 @@ def run(model: nn.Module, stream: BatchStream, loss_fn: LossFn, comp: Component,
         for t in range(steps):
             batch = stream[t]
             for c in range(s.chains):
+                if observer is not None and observer.wants(t):
+                    kernel.load(c)  # w_t of chain c, the state step t starts from (step() would load it too)
+                    observer.record(comp.name, c, observer.evaluate(model))
                 info = kernel.step(c, batch, loss_offset=ref[t])
                 losses[c, t], sq_dist[c, t], log_accept[c, t] = info.loss, info.sq_distance, info.log_accept
             if on_step is not None:

@@ -47,6 +47,7 @@ from rllc.sampling import fast as heads_backend
 from rllc.sampling import generic
 from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
 from rllc.sampling.kernel import chain_seed
+from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate
 from rllc.sampling.settings import SGLDSettings, split_settings
 
@@ -77,6 +78,7 @@ def estimate_llcs(
     compute_dtype: str = "fp32",
     bf16_pilot_draws: int = 10,
     progress: bool = False,
+    observer: TokenLossObserver | None = None,
     **setting_values: Any,
 ) -> dict[str, LLCEstimate]:
     """The (refined) LLC of several components at w*: {name: LLCEstimate}, in the order given.
@@ -102,6 +104,8 @@ def estimate_llcs(
         pilot of `bf16_pilot_draws` draws shows every head within half its Monte Carlo error of fp32
         (else it warns Bf16Refused and runs fp32); other components always run fp32.
     progress: show SGLD steps on stderr (a bar on a terminal, a line every few seconds in a log).
+    observer: a :class:`rllc.sampling.observables.TokenLossObserver`: both back-ends record its probe sets'
+        per-token losses at every (component, chain) draw it wants (susceptibilities, Bayesian influence).
 
     The model is used in its current train/eval mode and left exactly as it was (weights bit for
     bit, requires_grad, .grad), also after an error.
@@ -150,11 +154,12 @@ def estimate_llcs(
         if batched:
             out.update(heads_backend.run_heads(model, stream, batched, s, seeds, hyper, pair_chunk=pair_chunk,
                                                compute_dtype=compute_dtype, bf16_pilot_draws=bf16_pilot_draws,
-                                               on_step=step_done))
+                                               on_step=step_done, observer=observer))
         if reasons:
             loss = loss_fn if loss_fn is not None else teacher_loss if teacher is not None else next_token_loss
             for key, spec in zip(keys, specs):
                 if key in reasons:
                     comp = resolve_component(model, spec)
-                    out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper, on_step=step_done)
+                    out[key] = generic.run(model, stream, loss, comp, s, seeds, hyper, on_step=step_done,
+                                           observer=observer)
     return {key: out[key] for key in keys}
