@@ -108,7 +108,7 @@ def test_susceptibilities_match_the_exact_gaussian_answer():
     """Full-batch SGLD on a quadratic is a Gaussian AR(1) chain: per coordinate the stationary variance is
     eps / (1 - (1 - eps kappa / 2)^2), kappa = nbeta a_i + gamma, so chi has a closed form. The estimate
     (4 chains x 6,000 draws after burn-in) agrees within 4 of its standard errors, for a component of two
-    coordinates and for each single coordinate."""
+    coordinates, a single coordinate and the full model (Var(pt) - Cov(pt, l))."""
     eps, nbeta, gamma = 0.05, 4.0, 2.0
     kappa = nbeta * A + gamma
     s = eps / (1 - (1 - eps * kappa / 2) ** 2)
@@ -120,14 +120,14 @@ def test_susceptibilities_match_the_exact_gaussian_answer():
                          token_loss_fn=token_losses, loss_fn=lambda m, batch: m.losses()[0], fast=False,
                          chains=4, draws=6000, burn_in=100, epsilon=eps, nbeta=nbeta, gamma=gamma, seed=3)
     assert r.init_loss == 0.0
-    for name, coords in (("w0+w1", [0, 1]), ("w2", [2])):
+    for name, coords in (("w0+w1", [0, 1]), ("w2", [2]), ("model", [0, 1, 2, 3])):
         got, se = r.values[name]["probe"][0], r.se[name]["probe"][0]
         want = exact_chi(coords, s)
         assert np.all(np.abs(got - want) <= 4 * se + 1e-4), (name, got, want, se)
     table = r.table()
     assert list(table.columns) == ["component", "probe", "sequence", "position", "token", "value", "se"]
-    assert len(table) == 4 and set(table["token"]) == {1, 2}
-    assert set(r.summary()["component"]) == {"w0+w1", "w2"}
+    assert len(table) == 6 and set(table["token"]) == {1, 2}
+    assert set(r.summary()["component"]) == {"w0+w1", "w2", "model"}  # the reference is reported too
 
 
 # --- devinterp 2.0.1's post-processing on the same draws --------------------------------

@@ -267,21 +267,22 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
 @torch.no_grad()
 def _pair_token_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor],
                        group: int) -> Tensor:
-    """Per-token next-token loss of each pair [k, B * (T-1)] (observables; no gradient), in blocks of
-    CE_BLOCK tokens so that no vocabulary-sized tensor holds more than a block."""
+    """Per-token next-token loss of each pair [k, B * (T-1)] (observables; no gradient): all pairs at once,
+    in blocks of CE_BLOCK tokens so that no vocabulary-sized tensor holds more than k x CE_BLOCK rows."""
     x, m, inv_scale, shared, bias, targets = _ce_inputs(model, cache, layer, hidx, ws, group)
-    out = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
-    for i in range(x.shape[0]):
-        m_i = m[i] if m.dim() == 3 else m
-        for t0 in range(0, x.shape[1], CE_BLOCK):
-            t1 = min(x.shape[1], t0 + CE_BLOCK)
-            u = x[i, t0:t1] @ m_i
-            if shared is not None:
-                u = u + shared[i // group, t0:t1]
-            if inv_scale is not None:
-                u = u * inv_scale[i, t0:t1]
-            logits = u + bias
-            out[i, t0:t1] = torch.logsumexp(logits, 1) - logits.gather(1, targets[t0:t1, None])[:, 0]
+    k, n = x.shape[:2]
+    owner = torch.arange(k, device=x.device) // group  # the shared logit term of each pair
+    out = torch.empty((k, n), dtype=x.dtype, device=x.device)
+    for t0 in range(0, n, CE_BLOCK):
+        t1 = min(n, t0 + CE_BLOCK)
+        u = torch.matmul(x[:, t0:t1], m)  # [k, b, V]
+        if shared is not None:
+            u += shared[owner, t0:t1]
+        if inv_scale is not None:
+            u *= inv_scale[:, t0:t1]
+        u += bias
+        target = targets[t0:t1].expand(k, -1)[..., None]
+        out[:, t0:t1] = torch.logsumexp(u, -1) - u.gather(-1, target)[..., 0]
     return out
 
 
@@ -412,16 +413,18 @@ def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], setti
             p.grad = grad
 
 
-def _observe(model: nn.Module, probes: dict[str, _Cache], group: _LayerGroup, chunk: int,
+def _observe(model: nn.Module, probes: list[tuple[list[str], list[int], _Cache]], group: _LayerGroup, chunk: int,
              observer: TokenLossObserver) -> None:
-    """Every probe set's per-token losses at each pair's current state w_t, recorded per (head, chain)."""
+    """Every probe set's per-token losses at each pair's current state w_t, recorded per (head, chain); the
+    probe sets of one length go through one batched pass."""
     values: dict[str, Tensor] = {}
-    for name, cache in probes.items():
+    for names, sizes, cache in probes:
         per_pair = [_pair_token_losses(model, cache, group.layer, group.head_of_pair[lo:hi],
                                        [w[lo:hi] for w in group.block.w], group.chains)
                     for lo in range(0, group.n_pairs, chunk) for hi in [min(lo + chunk, group.n_pairs)]]
-        n_seq = cache.tokens.shape[0]
-        values[name] = torch.cat(per_pair).view(group.n_pairs, n_seq, -1).double().cpu()
+        losses = torch.cat(per_pair).view(group.n_pairs, sum(sizes), -1).double().cpu()
+        for name, part in zip(names, losses.split(sizes, dim=1)):
+            values[name] = part
     for k, (head, chain) in enumerate(zip(group.head_of_pair.tolist(), group.chain_of_pair)):
         observer.record(f"{group.layer}:{head}", chain, {name: v[k].numpy() for name, v in values.items()})
 
@@ -488,11 +491,16 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
     log_accept = {g.layer: np.full((g.n_pairs, steps), np.nan) for g in groups}
 
     chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
-    probes = {}  # the forward pass at w* of each fixed probe set, once (each in its own buffers)
+    probes = []  # the forward pass at w* of the fixed probe sets, once: sets of one length share a cache
     if observer is not None:
+        by_length: dict[int, list[str]] = {}
+        for name, tokens in observer.probes.items():
+            by_length.setdefault(tokens.shape[1], []).append(name)
         with torch.no_grad():
-            probes = {name: _Cache(model, tokens.to(model.unembed.W_U.device), last_heads, _Workspace())
-                      for name, tokens in observer.probes.items()}
+            for names in by_length.values():
+                tokens = torch.cat([observer.probes[n] for n in names]).to(model.unembed.W_U.device)
+                sizes = [observer.probes[n].shape[0] for n in names]
+                probes.append((names, sizes, _Cache(model, tokens, last_heads, _Workspace())))
     for t in range(steps):
         batch = stream[t]
         tokens = tokens_of(batch)

@@ -12,7 +12,7 @@ at w*), per probe token
 (expectations over C's or F's draws, chains pooled). If C is the whole model this is Var(pt) - Cov(pt, l):
 how the component's posterior loss responds to shifting the data distribution towards that token. It is
 computed from streamed sums (``rllc.sampling.observables``), so memory does not grow with the draws; its
-standard error is the spread of the per-chain values over sqrt(chains).
+standard error is the spread over sqrt(chains) of the values of chain c of C against chain c of F.
 
 Bayesian influence function (BIF; Timaeus 2025, devinterp ``compute_bif``): the correlation (or
 covariance) across posterior draws, chains stacked, between the per-token losses of query sequences and
@@ -25,6 +25,7 @@ of an attention-only transformer share one batched sweep; the LLC estimates come
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,8 @@ def chi_from_moments(c: ProbeMoments, full: ProbeMoments, probe: str, init_loss:
 class Susceptibilities:
     """Per-token susceptibilities of each component for each probe set (``values[component][probe]``:
     [n_seq, T-1], position p the loss of predicting token p+1), their standard errors, the probe tokens,
-    and the LLC estimates of the same chains."""
+    and the LLC estimates of the same chains. The full model (component "model", the reference) is among
+    the components: its chi is Var(pt) - Cov(pt, l)."""
 
     values: dict[str, dict[str, np.ndarray]]
     se: dict[str, dict[str, np.ndarray]]
@@ -78,6 +80,7 @@ class Susceptibilities:
     tokens: dict[str, np.ndarray]
     init_loss: float
     llc: dict[str, LLCEstimate]
+    seconds: float = 0.0  # wall time of the sampling (all components, observables included)
 
     def table(self) -> pd.DataFrame:
         """One row per (component, probe, sequence, position): the predicted token, value, se."""
@@ -101,10 +104,11 @@ class Susceptibilities:
         return pd.DataFrame(rows)
 
 
-def _chain_values(obs: TokenLossObserver, comp: str, full: ProbeMoments, probe: str,
-                  init_loss: float) -> np.ndarray:
-    """chi of each chain on its own (F pooled): [chains, n_seq, T-1]."""
-    return np.stack([chi_from_moments(m, full, probe, init_loss) for m in obs.chains(comp)])
+def _chain_values(obs: TokenLossObserver, comp: str, probe: str, init_loss: float) -> np.ndarray:
+    """chi of each chain on its own, chain c of the component against chain c of the full model (the
+    chains are independent replicates of both samplers, so the spread of these values carries the
+    variability of the full model's means too): [chains, n_seq, T-1]."""
+    return np.stack([chi_from_moments(m, f, probe, init_loss) for m, f in zip(obs.chains(comp), obs.chains(FULL))])
 
 
 def susceptibilities(
@@ -133,7 +137,8 @@ def susceptibilities(
         predictors (default: next-token cross-entropy; the batched head sampler always uses it).
     estimate_kwargs: settings and options of :func:`rllc.sampling.llc.estimate_llcs` (settings=,
         epsilon=, nbeta=, gamma=, chains=, draws=, burn_in=, seed=, fast=, loss_fn=, progress=, ...).
-    The full model is always sampled as well (component "model"): the reference of every chi.
+    The full model is always sampled as well (component "model"): the reference of every chi, and in the
+    result with its own values.
     """
     if sampling_probe not in probes:
         raise ValueError(f"sampling_probe {sampling_probe!r} is not among the probes: {', '.join(probes)}")
@@ -145,7 +150,9 @@ def susceptibilities(
     burn_in = estimate_kwargs.get("burn_in", getattr(estimate_kwargs.get("settings"), "burn_in", 0))
     obs = TokenLossObserver(probes, sampling=sampling_probe, burn_in=burn_in, every=every,
                             token_loss_fn=token_loss_fn)
+    start = time.perf_counter()
     llc = estimate_llcs(model, data, [*comps, FULL], observer=obs, **estimate_kwargs)
+    seconds = time.perf_counter() - start
     if init_loss is None:
         device = next((p.device for p in model.parameters()), None)
         with torch.no_grad():
@@ -153,19 +160,19 @@ def susceptibilities(
     full = _pooled(obs.chains(FULL))
     kept = [p for p in probes if include_sampling_probe or p != sampling_probe]
     values, se, mean_se = {}, {}, {}
-    for name in names:
+    for name in [*names, FULL]:
         pooled = _pooled(obs.chains(name))
         values[name], se[name], mean_se[name] = {}, {}, {}
         for probe in kept:
             values[name][probe] = chi_from_moments(pooled, full, probe, init_loss)
-            per_chain = _chain_values(obs, name, full, probe, init_loss)
+            per_chain = _chain_values(obs, name, probe, init_loss)
             k = per_chain.shape[0]
             se[name][probe] = per_chain.std(axis=0, ddof=1) / np.sqrt(k) if k > 1 else np.full_like(
                 per_chain[0], np.nan)
             means = per_chain.mean(axis=(1, 2))
             mean_se[name][probe] = float(means.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
     return Susceptibilities(values, se, mean_se, {p: np.asarray(probes[p]) for p in kept}, init_loss,
-                            {n: llc[n] for n in names})
+                            {n: llc[n] for n in [*names, FULL]}, seconds)
 
 
 @dataclass
