@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import rllc
 from rllc.cli import main
 from rllc.models import ModelConfig, Transformer
-from rllc.runs import load_results, load_run_config, load_trace, run_estimate, run_probe
+from rllc.runs import load_results, load_run_config, load_susceptibility, load_trace, run_estimate, run_probe
 from rllc.runs.datasets import resolve_dataset
 from rllc.runs.store import db_path
 from rllc.sampling import estimate_llcs
@@ -307,3 +307,31 @@ def test_sampler_setting_through_the_cli(series, tmp_path):
     again = estimate_llcs(rllc.load_checkpoints(series)[45], batches, components=["1:2"], chains=2, draws=6,
                           seed=json.loads(row["diagnostics"])["seed"], sampler="rmsprop", rmsprop_alpha=0.9)
     assert again["1:2"].mean == pytest.approx(row["value"], rel=1e-5)
+
+
+def test_susceptibility_over_a_series_into_the_store(series, tmp_path):
+    """`rllc estimate --estimators susceptibility`: per (component, probe set) the mean per-token
+    susceptibility and its standard error as rows (the full model among them, as the reference), the
+    per-token values and the probe tokens beside the store; a rerun computes nothing."""
+    run = tmp_path / "run"
+    args = ["estimate", str(series), "--out", str(run), "--steps", "30-45", "--estimators", "susceptibility",
+            "--components", "0:1,1:2", "--datasets", "random", "--probe-datasets", "repeated,code",
+            "--probe-sequences", "3", "--chains", "2", "--draws", "6", "--batch-size", "4", "--threads", "1",
+            "--quiet"]
+    assert main(args) == 0
+    df = load_results(run)
+    assert set(df["signal"]) == {"susceptibility"} and set(df["variant"]) == {"probe=repeated", "probe=code"}
+    assert set(df["component"]) == {"0:1", "1:2", "model"} and len(df) == 4 * 3 * 2
+    assert df["value"].notna().all() and (df["spread"] > 0).all()
+    diag = json.loads(df["diagnostics"].iloc[0])
+    assert diag["probe_sequences"] == 3 and "llc" in diag and diag["draws"] == 6
+    r = df[(df["component"] == "0:1") & (df["variant"] == "probe=code") & (df["step"] == 45)].iloc[0]
+    values, tokens = load_susceptibility(run, r["checkpoint"], "0:1", "code", r["dataset"], r["config_hash"])
+    assert values.shape == (3, 31) and tokens.shape == (3, 32)
+    assert r["value"] == pytest.approx(float(values.mean()), rel=1e-5)
+    assert main(args) == 0 and len(load_results(run)) == len(df)  # finished work is not recomputed
+    # the report: per-head curves of each probe set's susceptibility, and the token view at the last checkpoint
+    assert main(["report", str(run), "--no-findings"]) == 0
+    page = (run / "analysis" / "report.html").read_text()
+    assert "Susceptibilities by token" in page and "susceptibility/code per head" in page
+    assert (run / "analysis" / "susceptibility_tokens_repeated.png").is_file()

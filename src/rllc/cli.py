@@ -227,8 +227,9 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
                    help="comma-separated: heads, layers, model, l:h, l:*, layer:l, embed, unembed, or head sets "
                         "like 1:6+1:7 (default: heads)")
     p.add_argument("--estimators", metavar="LIST",
-                   help="comma-separated: llc, hessian-trace, fim-trace, hessian-rank (default: llc)")
-    g = p.add_argument_group("SGLD (llc)")
+                   help="comma-separated: llc, hessian-trace, fim-trace, hessian-rank, susceptibility "
+                        "(per-token susceptibilities of each component to the --probe-datasets; default: llc)")
+    g = p.add_argument_group("SGLD (llc, susceptibility)")
     add_settings_arguments(g)
     g.add_argument("--n-batches", type=int,
                    help="distinct SGLD batches, cycled (default: burn-in + draws)")
@@ -251,6 +252,15 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
                    help=f"count Hessian eigenvalues above this (default: {d['rank_threshold']})")
     g.add_argument("--rank-degree", type=int, help=f"Chebyshev degree (default: {d['rank_degree']})")
     g.add_argument("--rank-probes", type=int, help=f"rank probes (default: {d['rank_probes']})")
+    g = p.add_argument_group("susceptibility")
+    g.add_argument("--probe-datasets", metavar="LIST",
+                   help="probe sets whose per-token susceptibilities are estimated, dataset specs as for "
+                        f"--datasets (default: {','.join(d['probe_datasets'])}); the sampling dataset's own "
+                        "fixed sequences are the reference probe")
+    g.add_argument("--probe-sequences", type=int,
+                   help=f"fixed sequences per probe set (default: {d['probe_sequences']})")
+    g.add_argument("--observe-every", type=int, metavar="K",
+                   help=f"record the probe losses every K-th draw (default: {d['observe_every']})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,14 +230,33 @@ def cmd_report(args) -> int:
         import pandas as pd
 
         findings_options = dict(seed_noise=pd.read_csv(noise_path), seed=cluster_options.get("seed", 0))
+    token_view = susceptibility_arrays(args.run_dir, df)
     path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
                         cluster_options=cluster_options, compare_keys=args.compare_signals,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
                         notes=notes, findings=not args.no_findings, timings=timings,
-                        findings_options=findings_options,
+                        findings_options=findings_options, token_view=token_view,
                         calibration=calib if (calib := Path(args.run_dir) / "calibration").is_dir() else None)
     print(path)
     return 0
+
+
+def susceptibility_arrays(run_dir: str | Path, df) -> dict | None:
+    """The per-token susceptibilities of a run at its last checkpoint with any ({"step", "arrays": {probe:
+    {component: [n_seq, T-1]}}}), for the report's token view; None if the run has none."""
+    if "signal" not in df.columns or not (df["signal"] == "susceptibility").any():
+        return None
+    from rllc.runs.store import load_susceptibility  # loads torch: only for runs that have susceptibilities
+
+    rows = df[df["signal"] == "susceptibility"]
+    step = int(rows["step"].max())
+    rows = rows[(rows["step"] == step) & (rows["config_hash"] == rows["config_hash"].iloc[-1])]
+    arrays: dict[str, dict] = {}
+    for r in rows.itertuples():
+        probe = dict(p.split("=", 1) for p in str(r.variant).split(",") if "=" in p).get("probe", "")
+        values, _ = load_susceptibility(run_dir, r.checkpoint, r.component, probe, r.dataset, r.config_hash)
+        arrays.setdefault(probe, {})[r.component] = values
+    return {"step": step, "arrays": arrays}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,8 +26,10 @@ from rllc.analysis.trajectories import (  # noqa: E402
     annotate,
     default_offset,
     head_sort_key,
+    is_head,
     layer_of,
     resolve_key,
+    sort_heads,
     trajectories,
 )
 
@@ -303,6 +305,28 @@ def plot_correlation_matrix(matrix: pd.DataFrame, *, title: str = "", annotate_v
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="rank correlation")
     if title:
         ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_token_susceptibility(values: Mapping[str, np.ndarray], *, title: str = "", path=None) -> Figure:
+    """Per component (rows: heads in order, then the full model) the susceptibility at each target
+    position of one probe set, averaged over its sequences (values: component -> [n_seq, T-1]); a
+    diverging colour scale centred at 0, each row scaled to its own largest magnitude so that weak and
+    strong components both show their pattern (the row's scale is printed at its right)."""
+    names = sort_heads([c for c in values if is_head(c)]) + [c for c in values if not is_head(c)]
+    rows = np.stack([np.asarray(values[c], dtype=float).mean(axis=0) for c in names])
+    scale = np.abs(rows).max(axis=1, keepdims=True)
+    scaled = rows / np.where(scale > 0, scale, 1.0)
+    fig, ax = plt.subplots(figsize=(min(14.0, 3.0 + 0.12 * rows.shape[1]), 1.2 + 0.28 * len(names)))
+    ax.imshow(scaled, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("target position (predicting token p)")
+    for i, s in enumerate(scale[:, 0]):
+        ax.text(rows.shape[1] - 0.3, i, f" {s:.1e}", va="center", ha="left", fontsize=7, color="#444444")
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

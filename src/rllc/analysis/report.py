@@ -294,6 +294,23 @@ def findings_figures(table: pd.DataFrame, findings: StudyFindings, out: str | Pa
     return figures
 
 
+def susceptibility_section(token_view: Mapping[str, Any], out: str | Path) -> str:
+    """The token-level view of a run's susceptibilities at one checkpoint: per probe set, each component's
+    susceptibility at each target position (mean over the probe's sequences). token_view: {"step": int,
+    "arrays": {probe: {component: [n_seq, T-1]}}} (`rllc report` reads them from the store)."""
+    from rllc.analysis.figures import plot_token_susceptibility
+
+    body = [f'<p class="note">Per-token susceptibilities at step {token_view["step"]:,} (rllc.susceptibilities): '
+            "how each component's posterior loss responds to shifting the data towards each probe token; rows "
+            "scaled to their own largest magnitude (printed at the right), red positive, blue negative. On the "
+            "repeated-token probe the second half repeats the first: induction heads act there.</p>"]
+    for probe, arrays in token_view["arrays"].items():
+        path = Path(out) / f"susceptibility_tokens_{probe}.png"
+        plot_token_susceptibility(arrays, title=f"{probe} probe, step {token_view['step']:,}", path=path)
+        body.append(embed_png(path, f"Susceptibility per target position on the {probe} probe set."))
+    return _section("susceptibility", "Susceptibilities by token", "".join(body))
+
+
 def findings_section(findings: StudyFindings, figures: Sequence[tuple[str | Path, str]] = ()) -> str:
     """The findings as a small table with PASS / FAIL / reported / missing badges; each finding's
     per-head numbers in a collapsed block below."""
@@ -333,6 +350,7 @@ def render_report(
     findings: StudyFindings | None = None,
     calibration: str | Path | None = None,
     findings_figures: Sequence[tuple[str | Path, str]] = (),
+    token_view: str = "",
 ) -> str:
     """The HTML text of the report (figures read from the writers' files and embedded); `findings`
     (rllc.analysis.findings.study_findings) become the first section when given."""
@@ -461,6 +479,9 @@ def render_report(
                                   "the highest scores), one panel per side."))
         parts.append(_section("compare", "Geometry and behaviour", "".join(body)))
 
+    if token_view:
+        parts.append(token_view)
+
     # curves: estimates first, then behaviour
     if comparison is not None:
         result, w = comparison
@@ -475,7 +496,8 @@ def render_report(
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in ((("findings", "Findings"),) if findings is not None
                                                            else ()) + (("run", "Run"), ("diagnostics", "Diagnostics"),
                                                             ("stages", "Stages"), ("clusters", "Clusters"),
-                                                            ("compare", "Comparison"), ("curves", "Curves")))
+                                                            ("compare", "Comparison"), ("susceptibility", "Tokens"),
+                                                            ("curves", "Curves")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style>"
@@ -504,6 +526,7 @@ def build_report(
     comparison: tuple[CompareResult, Written] | None = None,
     precomputed: bool = False,
     calibration: str | Path | None = None,
+    token_view: Mapping[str, Any] | None = None,
 ) -> Path:
     """Run the clustering and the comparison on a results table, write their
     tables and figures under `out`/cluster and `out`/compare, and the page
@@ -517,7 +540,8 @@ def build_report(
     With ``precomputed=True`` the given `cluster` / `comparison` (the
     writers' results, None for a part that was skipped) are used instead of
     running them again. `calibration`: the folder `rllc calibrate` wrote (its verdict, settings and
-    loss-trace figure become a section)."""
+    loss-trace figure become a section). `token_view`: per-token susceptibilities at one checkpoint
+    (`susceptibility_section`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = annotate(df)
@@ -555,11 +579,12 @@ def build_report(
             notes.append(f"Findings figures skipped: {e}")
     page = render_report(table, config, title=title, cluster=cluster, comparison=comparison, rhat_max=rhat_max,
                          ess_min=ess_min, notes=notes, findings=shown, calibration=calibration,
-                         findings_figures=figures)
+                         findings_figures=figures,
+                         token_view=susceptibility_section(token_view, out) if token_view else "")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
 __all__ = ["RHAT_MAX", "build_report", "convergence_html", "diagnostics_overview", "diagnostics_table", "embed_png",
-           "findings_figures", "findings_section", "html_table", "render_report"]
+           "findings_figures", "findings_section", "html_table", "render_report", "susceptibility_section"]

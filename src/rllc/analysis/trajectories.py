@@ -32,7 +32,7 @@ import pandas as pd
 
 HEAD_RE = re.compile(r"^(\d+):(\d+)$")
 PAIR_SEP = "->"
-EXTRAS = ("method", "side", "target")
+EXTRAS = ("method", "side", "target", "probe")  # "probe": a susceptibility's probe set
 MODEL_COMPONENTS = ("model", "")
 NORMALISATIONS = ("none", "zscore", "minmax")
 

@@ -60,9 +60,10 @@ def run_pool(jobs: Iterable[Job], workers: int, threads: int | None = None) -> I
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _execute_parts(task: Task, model_config: dict, state: dict, batches, teacher, threads: int | None) -> TaskResult:
+def _execute_parts(task: Task, model_config: dict, state: dict, batches, teacher, threads: int | None,
+                   probes=None) -> TaskResult:
     """Ray resolves object references only among top-level arguments, so the payload travels in parts."""
-    return execute(task, Payload(model_config, state, batches, teacher), threads)
+    return execute(task, Payload(model_config, state, batches, teacher, probes), threads)
 
 
 def run_ray(jobs: Iterable[Job], address: str | None, threads: int | None = None,
@@ -104,7 +105,7 @@ def run_ray(jobs: Iterable[Job], address: str | None, threads: int | None = None
                 if last_state[0] is not p.state:  # consecutive tasks of one checkpoint share its weights
                     last_state[:] = [p.state, ray.put(p.state)]
                 ref = remote.remote(task, p.model_config, last_state[1], put_once(p.batches), put_once(p.teacher),
-                                    threads)
+                                    threads, put_once(p.probes))
                 pending[ref] = task
             if not pending:
                 return

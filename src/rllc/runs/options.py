@@ -23,7 +23,7 @@ class RunError(ValueError):
     """A run that cannot start as asked; the message names what is wrong and the fix."""
 
 
-ESTIMATORS = ("llc", "hessian-trace", "fim-trace", "hessian-rank")
+ESTIMATORS = ("llc", "hessian-trace", "fim-trace", "hessian-rank", "susceptibility")
 PRECISIONS = ("fp32", "bf16")
 TRACE_ESTIMATORS = ("hutch++", "hutchinson")
 FIM_METHODS = ("analytic", "sampled")
@@ -40,6 +40,8 @@ ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     probes=30, trace_estimator="hutch++", curvature_batches=4,
     fim_method="analytic", fim_seqs=16,
     rank_threshold=0.01, rank_degree=60, rank_probes=10,
+    # susceptibility: per-token probe losses along the same SGLD chains (rllc.sampling.susceptibility)
+    probe_datasets=["prose", "code", "repeated"], probe_sequences=8, observe_every=1,
     seed=0, precision="fp32",
     steps=None, every=1,
     workers=1, ray=None, threads=None, quiet=False,
@@ -61,7 +63,7 @@ REMOVED_OPTIONS = {
     "init_loss_batches": "the reference loss L(w*) is now the mean over the draws' own batches, which cannot bias "
                          "the estimate (docs/llc.md, 'The reference loss'); delete the key",
 }
-LIST_OPTIONS = ("datasets", "components", "estimators")
+LIST_OPTIONS = ("datasets", "components", "estimators", "probe_datasets")
 
 
 def read_toml(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +153,7 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
     if opts["fim_method"] not in FIM_METHODS:
         raise RunError(f"--fim-method must be one of {FIM_METHODS}, got {opts['fim_method']!r}")
     positive = ("batch_size", "curvature_batches", "fim_seqs",
-                "rank_degree", "rank_probes", "probes")
+                "rank_degree", "rank_probes", "probes", "probe_sequences", "observe_every")
     for key in positive:
         if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
             raise RunError(f"--{key.replace('_', '-')} must be a positive integer, got {opts[key]!r}")
@@ -171,6 +173,12 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
         raise RunError(f"--n-batches must be positive, got {opts['n_batches']}")
     if not opts["components"]:
         raise RunError("--components is empty; give e.g. heads, layers, model, 1:6,1:7 or 1:6+1:7")
+    if "susceptibility" in opts["estimators"]:
+        if not opts["probe_datasets"]:
+            raise RunError("--probe-datasets is empty: susceptibility needs probe sets, e.g. prose,code,repeated")
+        if "model" in opts["components"]:
+            raise RunError("susceptibility: leave 'model' out of --components; the full model is always sampled "
+                           "as the reference every susceptibility is centred with")
     validate_execution_options(opts)
 
 
@@ -193,7 +201,7 @@ def llc_batches(opts: dict[str, Any]) -> int:
 def batches_needed(estimator: str, opts: dict[str, Any]) -> int:
     """How many batches of a dataset an estimator reads. Batches are drawn in a fixed order, so the
     first k are the same whatever the total: adding an estimator never changes another's data."""
-    if estimator == "llc":
+    if estimator in ("llc", "susceptibility"):
         return llc_batches(opts)
     if estimator == "behaviour":
         return 1
@@ -203,14 +211,14 @@ def batches_needed(estimator: str, opts: dict[str, Any]) -> int:
 def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: str) -> dict[str, Any]:
     """The hyperparameters that determine one estimator's numbers on one dataset (hashed into config_hash)."""
     data = dict(batch_size=opts["batch_size"], dataset_fingerprint=dataset_fingerprint)
-    if estimator == "llc":
+    if estimator in ("llc", "susceptibility"):
         data["n_batches"] = llc_batches(opts)
         # The reference loss over the draws' batches is part of the key: rows from before it (a reference over
         # the first init_loss_batches batches) were biased and are never reused for the same settings.
         data["reference"] = "draws"
         # Every SGLD setting (new ones only when off their default: old hashes stay valid, see settings.py).
         data.update(sgld_settings(opts).hashed())
-        keys = ("precision",)
+        keys = ("precision",) if estimator == "llc" else ("probe_datasets", "probe_sequences", "observe_every")
     elif estimator == "hessian-trace":
         keys = ("probes", "trace_estimator", "curvature_batches")
     elif estimator == "fim-trace":

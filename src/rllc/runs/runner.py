@@ -85,7 +85,29 @@ def run_estimate(checkpoint_dir: str | Path, out: str | Path, **options: Any) ->
     tasks, notes = plan_estimates(series, steps, datasets, opts, components)
     if not tasks:
         raise RunError("nothing to compute: " + "; ".join(notes))
-    return execute_plan("estimate", series, out, tasks, datasets, opts, notes)
+    probes = probe_sets(series, datasets, opts) if any(t.estimator == "susceptibility" for t in tasks) else {}
+    return execute_plan("estimate", series, out, tasks, datasets, opts, notes, probes)
+
+
+def probe_sets(series: CheckpointSeries, datasets: list[Dataset], opts: dict[str, Any]) -> dict[str, dict]:
+    """The susceptibility probe sets of each sampling dataset: {dataset: {"sampling": its own fixed sequences,
+    probe: fixed sequences of each --probe-datasets entry}}, `probe_sequences` sequences each, drawn with
+    seed + 1 (never the batches the chains sample on)."""
+    from rllc.runs.tasks import SAMPLING_PROBE
+
+    common = dict(batch_size=opts["probe_sequences"], seed=opts["seed"] + 1)
+    fixed = {}
+    for spec in opts["probe_datasets"]:
+        ds = resolve_dataset(spec, series, **common)
+        if ds.teacher is not None or ds.is_self:
+            raise RunError(f"probe dataset {spec!r} has no fixed tokens; use a corpus, file or synthetic set")
+        fixed[ds.name] = ds.batches(1)[0]
+    out = {}
+    for ds in datasets:
+        if ds.teacher is None and not ds.is_self:
+            own = resolve_dataset(ds.spec, series, **common).batches(1)[0]
+            out[ds.name] = {SAMPLING_PROBE: own, **fixed}
+    return out
 
 
 def run_probe(checkpoint_dir: str | Path, out: str | Path, **options: Any) -> RunSummary:
@@ -114,7 +136,7 @@ def open_series(checkpoint_dir: str | Path) -> CheckpointSeries:
 
 
 def execute_plan(kind: str, series: CheckpointSeries, out: str | Path, tasks: list[Task], datasets: list[Dataset],
-                 opts: dict[str, Any], notes: list[str]) -> RunSummary:
+                 opts: dict[str, Any], notes: list[str], probes: dict[str, dict] | None = None) -> RunSummary:
     started = time.perf_counter()
     store = Store(out)
     summary = RunSummary(store.run_dir, planned=len(tasks))
@@ -152,7 +174,7 @@ def execute_plan(kind: str, series: CheckpointSeries, out: str | Path, tasks: li
         bar = progress_bar(total=len(tasks), initial=summary.skipped, unit="task", desc=f"rllc {kind}",
                            disable=opts["quiet"], file=sys.stderr)
         try:
-            for task, result in dispatch(jobs(series, todo, datasets, failed, bar), opts):
+            for task, result in dispatch(jobs(series, todo, datasets, failed, bar, probes or {}), opts):
                 if result.error:
                     failed(task, result.error, result.traceback)
                 else:
@@ -191,7 +213,8 @@ def dispatch(job_iter: Iterator, opts: dict[str, Any]):
     return backends.run_serial(job_iter, opts["threads"])
 
 
-def jobs(series: CheckpointSeries, todo: list[Task], datasets: list[Dataset], failed, bar) -> Iterator:
+def jobs(series: CheckpointSeries, todo: list[Task], datasets: list[Dataset], failed, bar,
+         probes: dict[str, dict] | None = None) -> Iterator:
     """(task, payload) pairs, built lazily: weights are read when a task is about to be submitted."""
     by_name = {ds.name: ds for ds in datasets}
     batches: dict[str, Any] = {}
@@ -212,5 +235,6 @@ def jobs(series: CheckpointSeries, todo: list[Task], datasets: list[Dataset], fa
                 continue
         ds = by_name.get(task.dataset)
         yield task, Payload(model_config, state, batches.get(task.dataset) if ds else None,
-                            teachers.get(task.dataset))
+                            teachers.get(task.dataset),
+                            (probes or {}).get(task.dataset) if task.estimator == "susceptibility" else None)
 

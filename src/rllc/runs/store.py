@@ -312,20 +312,34 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
                 configs=configs, datasets=datasets, runs=runs)
 
 
-def load_trace(run_dir: str | Path, checkpoint: str, component: str, dataset: str, config_hash: str) -> np.ndarray:
-    """The SGLD loss trace [chains, draws] behind one llc row."""
+def _trace_file(run_dir: str | Path, checkpoint: str, component: str, dataset: str, config_hash: str,
+                signal: str) -> Path:
+    """The file beside the store that holds the arrays behind one row of `signal`."""
     conn = open_existing(run_dir)
     try:
         hit = conn.execute(
             "SELECT t.trace_file FROM results r JOIN tasks t ON t.task = r.task WHERE r.checkpoint=? AND "
-            "r.component=? AND r.dataset=? AND r.config_hash=? AND r.signal='llc'",
-            (checkpoint, component, dataset, config_hash)).fetchone()
+            "r.component=? AND r.dataset=? AND r.config_hash=? AND r.signal=?",
+            (checkpoint, component, dataset, config_hash, signal)).fetchone()
     finally:
         conn.close()
     if not hit or not hit[0]:
-        raise RunError(f"{run_dir}: no llc loss trace for {checkpoint} {component} {dataset} {config_hash}")
-    with np.load(Path(run_dir) / TRACE_DIR / hit[0]) as f:
+        raise RunError(f"{run_dir}: no {signal} arrays for {checkpoint} {component} {dataset} {config_hash}")
+    return Path(run_dir) / TRACE_DIR / hit[0]
+
+
+def load_trace(run_dir: str | Path, checkpoint: str, component: str, dataset: str, config_hash: str) -> np.ndarray:
+    """The SGLD loss trace [chains, draws] behind one llc row."""
+    with np.load(_trace_file(run_dir, checkpoint, component, dataset, config_hash, "llc")) as f:
         return f[component]
+
+
+def load_susceptibility(run_dir: str | Path, checkpoint: str, component: str, probe: str, dataset: str,
+                        config_hash: str) -> tuple[np.ndarray, np.ndarray]:
+    """The per-token susceptibilities [n_seq, T-1] behind one susceptibility row (its variant is the probe
+    set) and the probe tokens [n_seq, T] (position p of the values predicts token p + 1)."""
+    with np.load(_trace_file(run_dir, checkpoint, component, dataset, config_hash, "susceptibility")) as f:
+        return f[f"{component}|{probe}"], f[f"tokens|{probe}"]
 
 
 # --- convergence -----------------------------------------------------------------

@@ -36,6 +36,7 @@ class Payload:
     state: dict[str, torch.Tensor]
     batches: torch.Tensor | None  # [n, batch, n_ctx]
     teacher: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None  # (config, state)
+    probes: dict[str, torch.Tensor] | None = None  # susceptibility: {name: [n_seq, n_ctx]}, "sampling" among them
 
 
 @dataclass
@@ -63,6 +64,8 @@ def execute(task: Task, payload: Payload, threads: int | None = None) -> TaskRes
             result.rows = probe_rows(task, model, data)
         elif task.estimator == "llc":
             result.rows, result.traces = llc_rows(task, model, data, teacher)
+        elif task.estimator == "susceptibility":
+            result.rows, result.traces = susceptibility_rows(task, model, data, payload.probes)
         else:
             result.rows = curvature_rows(task, model, data, teacher)
     except Exception as e:  # reported by the driver; the task stays unfinished, so a rerun retries it
@@ -127,6 +130,40 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
     return rows, traces
 
 
+def susceptibility_rows(task: Task, model: Transformer, data: list[torch.Tensor], probes: dict[str, torch.Tensor]):
+    """Per component and probe set (variant "probe=<name>"), the mean per-token susceptibility (value) and its
+    standard error (spread);
+    the per-token values (and the probe tokens) go beside the store as traces: "<component>|<probe>" and
+    "tokens|<probe>". The full model's own values (Var(pt) - Cov(pt, l)) come as component "model"."""
+    from rllc.sampling import SGLDSettings
+    from rllc.sampling.susceptibility import FULL, susceptibilities
+
+    p = task.params
+    specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
+             for label in task.components]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = susceptibilities(model, data, probes, sampling_probe=SAMPLING_PROBE, components=specs,
+                                  every=p["observe_every"], settings=SGLDSettings.from_options(p), seed=task.seed)
+    notes = [str(w.message) for w in caught]
+    rows, traces = [], {}
+    summary = result.summary()
+    for r in summary.itertuples():
+        est = result.llc.get(r.component)
+        diag = dict(probe_sequences=int(result.values[r.component][r.probe].shape[0]),
+                    probe_tokens=int(result.values[r.component][r.probe].size), init_loss=result.init_loss,
+                    observe_every=p["observe_every"], seed=task.seed, warnings=notes,
+                    llc=None if est is None else est.mean, llc_rhat=None if est is None else est.diagnostics["rhat"])
+        diag.update(SGLDSettings.from_options(p).as_dict())
+        rows.append(row(task, r.component, r.value, r.se, result.seconds / max(len(summary), 1), diag,
+                        variant=f"probe={r.probe}"))
+        traces[f"{r.component}|{r.probe}"] = result.values[r.component][r.probe].astype(np.float32)
+    for name, tokens in result.tokens.items():
+        traces[f"tokens|{name}"] = np.asarray(tokens, dtype=np.int32)
+    return rows, traces
+
+
+SAMPLING_PROBE = "sampling"  # the probe set of fixed sequences drawn from the task's own dataset (pt)
 GRADIENT_CHECK_BATCHES = 16  # batches of the task's data for the gradient at w* (one forward/backward each)
 GRADIENT_SNR_LIMIT = 3.0  # |mean gradient| above this many standard errors: w* is not a critical point
 
