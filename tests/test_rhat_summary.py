@@ -1,4 +1,4 @@
-"""How many LLC estimates of a run fail R-hat: the count (rllc.runs.store.rhat_summary), the rows of a
+"""How many LLC estimates of a run fail R-hat: the count (rllc.results.rhat_summary), the rows of a
 run's tasks it is taken over, the lines `rllc estimate` prints, and the report's Convergence paragraph.
 Synthetic tables and a store filled by hand: no model is trained or sampled."""
 
@@ -13,7 +13,8 @@ from rllc.analysis.report import render_report
 from rllc.cli import main
 from rllc.runs.plan import Task
 from rllc.runs.runner import RunSummary
-from rllc.runs.store import Store, rhat_summary, rhat_summary_lines
+from rllc.results import rhat_summary, rhat_summary_lines
+from rllc.runs.store import Store
 from rllc.runs.tasks import TaskResult
 
 # R-hat of nine LLC rows: 2 over 1.1, 4 over 1.01, 2 unknown (null, as the store writes NaN; no key); a tenth

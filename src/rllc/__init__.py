@@ -33,7 +33,7 @@ _EXPORTS = {
     "hessian_eigenvalues": "rllc.curvature",
     "hessian_rank": "rllc.curvature",
     "fim_trace": "rllc.curvature",
-    "load_results": "rllc.runs",
+    "load_results": "rllc.results",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -18,11 +18,9 @@ ALGORITHM_CHOICES = ("kmeans", "ward", "kshape", "dtw")
 
 
 def load_results_table(run_dir):
-    """The run's results table (`rllc.runs.load_results`); a run without results is an error naming the run
+    """The run's results table (`rllc.results.load_results`); a run without results is an error naming the run
     directory and the command that would produce them."""
-    from rllc.runs import load_results
-    from rllc.runs.options import RunError
-    from rllc.runs.store import no_results_message
+    from rllc.results import RunError, load_results, no_results_message
 
     df = load_results(run_dir)
     if df.empty:
@@ -31,8 +29,8 @@ def load_results_table(run_dir):
 
 
 def load_config(run_dir) -> dict:
-    """The run's configuration (`rllc.runs.load_run_config`)."""
-    from rllc.runs import load_run_config
+    """The run's configuration (`rllc.results.load_run_config`)."""
+    from rllc.results import load_run_config
 
     return load_run_config(run_dir)
 
@@ -246,7 +244,7 @@ def susceptibility_arrays(run_dir: str | Path, df) -> dict | None:
     {component: [n_seq, T-1]}}}), for the report's token view; None if the run has none."""
     if "signal" not in df.columns or not (df["signal"] == "susceptibility").any():
         return None
-    from rllc.runs.store import load_susceptibility  # loads torch: only for runs that have susceptibilities
+    from rllc.results import load_susceptibility
 
     rows = df[df["signal"] == "susceptibility"]
     step = int(rows["step"].max())

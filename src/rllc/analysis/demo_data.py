@@ -19,8 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread",
-           "config_hash", "seconds", "diagnostics"]
+from rllc.results import COLUMNS  # the store's columns, declared once
 OFFSET = 100.0  # log-time axis of the planted curves: x = log10(step + 100)
 
 

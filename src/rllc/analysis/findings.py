@@ -455,7 +455,7 @@ def convergence(table: pd.DataFrame, seed_noise: pd.DataFrame | None = None, *, 
               f"training distribution re-estimated with further seeds (other sampler noise and batches): the sd "
               f"between the heads' seed means over the mean between-seed sd must be >= {snr_goal:g} (the SNR check "
               "of rllc calibrate, re-checked on this run).")
-    from rllc.runs.store import rhat_summary  # rllc.runs loads torch: only here
+    from rllc.results import rhat_summary
 
     counts = rhat_summary(table)
     numbers: dict[str, Any] = dict(rhat_max=rhat_max, share_goal=share_goal, snr_goal=snr_goal, **counts)

@@ -122,9 +122,9 @@ def diagnostics_overview(df: pd.DataFrame) -> dict:
 
 def convergence_html(df: pd.DataFrame) -> str:
     """A "Convergence" paragraph: how many LLC estimates (signal "llc") have R-hat above 1.1 and 1.01
-    (rllc.runs.store.rhat_summary, the count `rllc estimate` prints), and what to change if any
+    (rllc.results.rhat_summary, the count `rllc estimate` prints), and what to change if any
     exceed 1.1; empty if the table has no LLC estimates."""
-    from rllc.runs.store import rhat_summary, rhat_summary_lines  # rllc.runs loads torch: only when needed
+    from rllc.results import rhat_summary, rhat_summary_lines
 
     counts = rhat_summary(df)
     lines = rhat_summary_lines(counts)

@@ -13,7 +13,7 @@ See docs/cli.md.
 
 from rllc.runs.options import RunError
 from rllc.runs.runner import RunSummary, run_estimate, run_probe
-from rllc.runs.store import export_results, load_results, load_run_config, load_susceptibility, load_trace
+from rllc.results import export_results, load_results, load_run_config, load_susceptibility, load_trace
 
 __all__ = [
     "RunError",

@@ -19,8 +19,7 @@ from typing import Any
 from rllc.sampling.settings import SGLDSettings
 
 
-class RunError(ValueError):
-    """A run that cannot start as asked; the message names what is wrong and the fix."""
+from rllc.results import RunError  # noqa: F401  (defined with the results layer; rllc.runs re-exports it)
 
 
 ESTIMATORS = ("llc", "hessian-trace", "fim-trace", "hessian-rank", "susceptibility")

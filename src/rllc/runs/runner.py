@@ -30,7 +30,8 @@ from rllc.runs.options import (
     validate_execution_options,
 )
 from rllc.runs.plan import Task, expand_components, plan_estimates, plan_probes, select_steps
-from rllc.runs.store import NonFiniteValue, Store, rhat_summary, rhat_summary_lines
+from rllc.results import rhat_summary, rhat_summary_lines
+from rllc.runs.store import NonFiniteValue, Store
 from rllc.runs.tasks import Payload
 
 LOG_NAME = "run.log"
@@ -45,7 +46,7 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-    # rllc.runs.store.rhat_summary over the LLC estimates the run's tasks ask for (None: no LLC tasks)
+    # rllc.results.rhat_summary over the LLC estimates the run's tasks ask for (None: no LLC tasks)
     rhat: dict[str, int] | None = None
 
     @property
