@@ -20,3 +20,23 @@ def test_one_error_class_for_runs_and_results():
     from rllc.runs import RunError as FromRuns
 
     assert FromRuns is RunError
+
+
+def test_checkpoint_files_are_read_in_one_place():
+    """Both loaders read weights through rllc.models.io, and neither imports the other back: the Hugging
+    Face module never imports rllc.models.checkpoints; torch.load appears in io alone."""
+    import ast
+    from pathlib import Path
+
+    import rllc.models as models
+
+    root = Path(models.__file__).parent
+    for name in ("hf.py", "io.py", "safety.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "rllc.models.checkpoints" not in imported, name
+    for path in root.glob("*.py"):
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call) and (
+                 (isinstance(n.func, ast.Attribute) and n.func.attr == "load" and getattr(n.func.value, "id", "") == "torch")
+                 or (isinstance(n.func, ast.Name) and n.func.id in ("load_file", "safe_open")))]
+        assert not calls or path.name == "io.py", f"{path.name} reads weights itself"

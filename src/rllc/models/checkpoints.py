@@ -2,10 +2,11 @@
 
 `load_checkpoints(path)` scans a directory once (file names and JSON only) and
 returns a lazy, step-ordered `CheckpointSeries`; weights are read only when a
-step is asked for. Nothing here unpickles arbitrary objects: `.pt/.pth/.bin`
-files go through `torch.load(weights_only=True)`, which refuses code, and
-`rllc.models.safety` says whether a refused file is corrupt or a pickle that
-would run code (the error names the file either way).
+step is asked for. Nothing here unpickles arbitrary objects: every file is read
+through `rllc.models.io` (the one home of safe reading and of CheckpointError),
+where `.pt/.pth/.bin` files go through `torch.load(weights_only=True)`, which
+refuses code, and `rllc.models.safety` says whether a refused file is corrupt
+or a pickle that would run code (the error names the file either way).
 
 Formats, in the order they are recognised:
 
@@ -30,11 +31,10 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-
+from rllc.models import io
 from rllc.models.config import ConfigError, ModelConfig
-from rllc.models.safety import load_error, torch_file_problem
+from rllc.models.io import CheckpointError, safetensors_metadata
+from rllc.models.safety import torch_file_problem
 from rllc.models.transformer import DERIVED_BUFFER_SUFFIXES, Transformer
 
 RLLC_FORMAT = "rllc"
@@ -44,37 +44,23 @@ HF_DIR_PATTERN = re.compile(r"^(?:checkpoint-|step-?|global_step)(\d+)$")
 STEP_FILE_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be used; the message names it and the fix."""
-
-
 def step_filename(step: int) -> str:
     return f"step_{step:08d}.safetensors"
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); restore or rewrite the file") from e
+    data = io.read_json(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a safetensors or torch file without executing any code."""
+    """Read tensors from a safetensors or torch file without executing any code (rllc.models.io)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt bytes and code-running pickles alike: rllc.models.safety tells which
-        raise CheckpointError(load_error(path, e)) from e
-    return unwrap_state_dict(obj, path)
+        return io.read_safetensors(path)
+    return unwrap_state_dict(io.read_torch_file(path), path)
 
 
 def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -87,16 +73,6 @@ def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return inner
     raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'state_dict'/'model')")
-
-
-def safetensors_metadata(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    """Header metadata and tensor shapes, without reading the tensors."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            return f.metadata() or {}, shapes
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt") from e
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -22,7 +22,6 @@ without attention biases (`attention_bias: false`) gets zero `b_Q/b_K/b_V/b_O`.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rllc.models.checkpoints import CheckpointError
+from rllc.models import io
 from rllc.models.config import ConfigError, ModelConfig
-from rllc.models.safety import load_error, torch_file_problem
+from rllc.models.io import CheckpointError
+from rllc.models.safety import torch_file_problem
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox")
 
@@ -400,29 +400,15 @@ def _finish_out(out: dict[str, Tensor | None], cfg: ModelConfig) -> dict[str, Te
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise HFCheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise HFCheckpointError(f"{path}: cannot be read ({e})") from e
+    return io.read_json(path, HFCheckpointError, fix="the file is corrupt or truncated")
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise HFCheckpointError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt") from e
+    return io.read_safetensors(path, HFCheckpointError)
 
 
 def _load_torch(path: Path) -> dict[str, Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt bytes and code-running pickles alike: rllc.models.safety tells which
-        raise HFCheckpointError(load_error(path, e)) from e
+    obj = io.read_torch_file(path, HFCheckpointError)
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise HFCheckpointError(f"{path}: expected a state dict (a dict of tensors), found {type(obj).__name__}")
     return obj
@@ -471,8 +457,6 @@ def read_hf_weights(directory: str | Path) -> tuple[Path, dict[str, Tensor]]:
 def hf_weights_problems(directory: str | Path) -> list[str]:
     """Problems of a checkpoint folder's weight files found without reading tensors: none present, unreadable
     safetensors headers, missing shards, corrupt or code-running torch files (each message names the file)."""
-    from rllc.models.checkpoints import safetensors_metadata
-
     directory = Path(directory)
     for name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TORCH_NAME, TORCH_INDEX_NAME):
         path = directory / name
@@ -492,7 +476,7 @@ def hf_weights_problems(directory: str | Path) -> list[str]:
                 if not f.is_file():
                     problems.append(f"{path}: shard file {f.name} listed in the index is missing from {directory}")
                 elif f.suffix == ".safetensors":
-                    safetensors_metadata(f)
+                    io.safetensors_metadata(f)
                 elif problem := torch_file_problem(f):
                     problems.append(problem)
             return problems
