@@ -59,7 +59,8 @@ from rllc.models.checkpoints import load_checkpoints
 from rllc.models.components import heads
 from rllc.runs.datasets import resolve_dataset
 from rllc.sampling import ChainDivergedError, estimate_llcs, next_token_loss
-from rllc.sampling.data import BatchStream, reference_losses
+from rllc.losses import BatchStream
+from rllc.sampling.data import reference_losses
 from sweep_vs_devinterp import Plain, head_masks  # devinterp's view of our model and its masks for one head
 
 HERE = Path(__file__).resolve().parent

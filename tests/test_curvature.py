@@ -48,7 +48,7 @@ from rllc.curvature import (
 from rllc.curvature.results import ratio_se
 from rllc.models import ModelConfig, Transformer
 from rllc.models.components import resolve_component
-from rllc.sampling.data import next_token_loss
+from rllc.losses import next_token_loss
 
 COMPONENTS = ["1:1", None]  # one head of layer 1 (81 coordinates) and the whole model (467)
 

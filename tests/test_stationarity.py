@@ -9,7 +9,7 @@ from torch import nn
 
 from rllc.models import ModelConfig, Transformer
 from rllc.models.components import resolve_component
-from rllc.sampling.data import next_token_loss
+from rllc.losses import next_token_loss
 from rllc.sampling.stationarity import gradient_check
 
 K, B, D = 6, 10, 3

@@ -48,7 +48,7 @@ from rllc.curvature.results import CurvatureEstimate, combine_se
 from rllc.curvature.trace import estimate_trace
 from rllc.data import BOS_ID
 from rllc.models.components import ComponentSpec, resolve_component
-from rllc.sampling.data import TeacherTargets, check_finite_weights, logits_of, teacher_loss, tokens_of
+from rllc.losses import TeacherTargets, check_finite_weights, logits_of, teacher_loss, tokens_of
 
 METHODS = ("analytic", "sampled")
 MIN_ESS_FRACTION = 0.1

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from rllc.models.components import Component, ComponentSpec, resolve_component
-from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
+from rllc.losses import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
 
 
 VECTORIZE_BELOW = 4096  # coordinates

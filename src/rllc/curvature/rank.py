@@ -43,7 +43,7 @@ from rllc.curvature.operator import CurvatureOperator, hessian_operator, rademac
 from rllc.curvature.results import CurvatureEstimate, mean_se
 from rllc.curvature.spectrum import lanczos, slq_rank
 from rllc.models.components import ComponentSpec
-from rllc.sampling.data import LossFn
+from rllc.losses import LossFn
 
 GROWTH_TOLERANCE = 1e-2  # |w_j|^2 / |v|^2 - 1 above this: an eigenvalue lies outside the range
 

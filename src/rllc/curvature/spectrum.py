@@ -27,7 +27,7 @@ from torch import nn
 from rllc.curvature.operator import CurvatureOperator, hessian_operator, rademacher
 from rllc.curvature.results import CurvatureEstimate, mean_se
 from rllc.models.components import ComponentSpec
-from rllc.sampling.data import LossFn
+from rllc.losses import LossFn
 
 
 @dataclass

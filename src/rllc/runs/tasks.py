@@ -172,7 +172,7 @@ def critical_point_check(model: Transformer, data: list[torch.Tensor], labels: l
                          teacher: Transformer | None) -> dict[str, dict[str, Any]]:
     """Per component: the gradient norm at w* on the first batches of the task's data, relative to its
     minibatch noise (rllc.sampling.stationarity), and whether w* passes as a critical point."""
-    from rllc.sampling.data import TeacherTargets, teacher_loss
+    from rllc.losses import TeacherTargets, teacher_loss
     from rllc.sampling.stationarity import gradient_check
 
     batches = data[:GRADIENT_CHECK_BATCHES]

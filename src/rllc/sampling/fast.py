@@ -56,7 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rllc.models.components import HEAD_PARAMS, _HEAD
-from rllc.sampling.data import BatchStream, next_token_loss, reference_losses, tokens_of
+from rllc.losses import BatchStream, next_token_loss, tokens_of
+from rllc.sampling.data import reference_losses
 from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings

@@ -15,7 +15,8 @@ import numpy as np
 from torch import nn
 
 from rllc.models.components import Component
-from rllc.sampling.data import BatchStream, LossFn, reference_losses
+from rllc.losses import BatchStream, LossFn
+from rllc.sampling.data import reference_losses
 from rllc.sampling.kernel import ProjectedSGLD
 from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, assemble

@@ -45,7 +45,7 @@ from rllc.models.components import Component, ComponentSpec, heads, resolve_comp
 from rllc.progress import progress_bar
 from rllc.sampling import fast as heads_backend
 from rllc.sampling import generic
-from rllc.sampling.data import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
+from rllc.losses import BatchStream, LossFn, TeacherTargets, check_finite_weights, next_token_loss, teacher_loss
 from rllc.sampling.kernel import chain_seed
 from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rllc.sampling.data import next_token_losses
+from rllc.losses import next_token_losses
 
 TokenLossFn = Callable[[nn.Module, Tensor], Tensor]  # (model, tokens [n, T]) -> per-token losses [n, T - 1]
 

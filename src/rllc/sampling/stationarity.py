@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from rllc.models.components import Component, ComponentSpec, resolve_component
-from rllc.sampling.data import LossFn, next_token_loss
+from rllc.losses import LossFn, next_token_loss
 
 
 def gradient_check(model: nn.Module, batches: Iterable[Any], components: ComponentSpec | Iterable[ComponentSpec],

@@ -1,5 +1,6 @@
-"""The results layer reads a finished run without the estimation stack: `import rllc.results` (and the
-analysis commands' path through it) loads no torch."""
+"""The layout's contracts: the results layer reads a finished run without the estimation stack
+(`import rllc.results`, and the analysis path through it, loads no torch); checkpoint files are read in
+one place; curvature and sampling share their losses through a module neither owns."""
 
 import subprocess
 import sys
@@ -40,3 +41,18 @@ def test_checkpoint_files_are_read_in_one_place():
                  (isinstance(n.func, ast.Attribute) and n.func.attr == "load" and getattr(n.func.value, "id", "") == "torch")
                  or (isinstance(n.func, ast.Name) and n.func.id in ("load_file", "safe_open")))]
         assert not calls or path.name == "io.py", f"{path.name} reads weights itself"
+
+
+def test_curvature_does_not_reach_into_sampling():
+    """Losses and the batch stream live in rllc.losses, owned by neither estimator family: curvature
+    imports nothing from rllc.sampling."""
+    import ast
+    from pathlib import Path
+
+    import rllc.curvature as curvature
+
+    for path in Path(curvature.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not [m for m in modules if m.startswith("rllc.sampling")], path.name
