@@ -18,6 +18,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -496,8 +497,8 @@ def render_report(
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in ((("findings", "Findings"),) if findings is not None
                                                            else ()) + (("run", "Run"), ("diagnostics", "Diagnostics"),
                                                             ("stages", "Stages"), ("clusters", "Clusters"),
-                                                            ("compare", "Comparison"), ("susceptibility", "Tokens"),
-                                                            ("curves", "Curves")))
+                                                            ("compare", "Comparison"))
+                  + ((("susceptibility", "Tokens"),) if token_view else ()) + (("curves", "Curves"),))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style>"

@@ -136,28 +136,28 @@ def susceptibility_rows(task: Task, model: Transformer, data: list[torch.Tensor]
     the per-token values (and the probe tokens) go beside the store as traces: "<component>|<probe>" and
     "tokens|<probe>". The full model's own values (Var(pt) - Cov(pt, l)) come as component "model"."""
     from rllc.sampling import SGLDSettings
-    from rllc.sampling.susceptibility import FULL, susceptibilities
+    from rllc.sampling.susceptibility import susceptibilities
 
     p = task.params
+    settings = SGLDSettings.from_options(p)
     specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
              for label in task.components]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = susceptibilities(model, data, probes, sampling_probe=SAMPLING_PROBE, components=specs,
-                                  every=p["observe_every"], settings=SGLDSettings.from_options(p), seed=task.seed)
+                                  every=p["observe_every"], settings=settings, seed=task.seed)
     notes = [str(w.message) for w in caught]
     rows, traces = [], {}
     summary = result.summary()
     for r in summary.itertuples():
-        est = result.llc.get(r.component)
-        diag = dict(probe_sequences=int(result.values[r.component][r.probe].shape[0]),
-                    probe_tokens=int(result.values[r.component][r.probe].size), init_loss=result.init_loss,
-                    observe_every=p["observe_every"], seed=task.seed, warnings=notes,
-                    llc=None if est is None else est.mean, llc_rhat=None if est is None else est.diagnostics["rhat"])
-        diag.update(SGLDSettings.from_options(p).as_dict())
+        est, values = result.llc[r.component], result.values[r.component][r.probe]
+        diag = dict(probe_sequences=int(values.shape[0]), probe_tokens=int(values.size), init_loss=result.init_loss,
+                    observe_every=p["observe_every"], seed=task.seed, warnings=notes, llc=est.mean,
+                    llc_rhat=est.diagnostics["rhat"])
+        diag.update(settings.as_dict())
         rows.append(row(task, r.component, r.value, r.se, result.seconds / max(len(summary), 1), diag,
                         variant=f"probe={r.probe}"))
-        traces[f"{r.component}|{r.probe}"] = result.values[r.component][r.probe].astype(np.float32)
+        traces[f"{r.component}|{r.probe}"] = values.astype(np.float32)
     for name, tokens in result.tokens.items():
         traces[f"tokens|{name}"] = np.asarray(tokens, dtype=np.int32)
     return rows, traces
