@@ -411,7 +411,6 @@ def stage_report(run: Path, quick: bool, state: dict, result: DemoResult, timing
     from rllc.runs import load_run_config
 
     table = _table(run, state)
-    options = state.get("cluster_options", {})
     noise = state.get("seed_noise")
     if noise is None and (run / "seed_noise" / "values.csv").exists():
         import pandas as pd
