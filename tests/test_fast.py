@@ -79,6 +79,28 @@ def test_blocked_cross_entropy_matches_the_generic_path(setup, monkeypatch):
         _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
 
 
+@pytest.mark.parametrize("max_t, block", [(0, 2**20), (64, 2**20), (64, 3 * 16 * 16)])
+def test_causal_attention_kernels_agree(monkeypatch, max_t, block):
+    """`_causal_attention` gives the fused kernel's values and gradients whichever form it takes: fused
+    (max_t 0), explicit in one block, explicit in uneven blocks (no gradient) or fused (gradient)."""
+    import torch.nn.functional as F
+
+    import rllc.sampling.fast as fast_module
+
+    monkeypatch.setattr(fast_module, "EXPLICIT_ATTENTION_MAX_T", max_t)
+    monkeypatch.setattr(fast_module, "SCORE_BLOCK", block)
+    q, k, v = (torch.randn(2, 5, 4, 16, 8, generator=torch.Generator().manual_seed(i), requires_grad=True)
+               for i in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_module._causal_attention(q, k, v, 0.3), want)
+    got = fast_module._causal_attention(q, k, v, 0.3)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(want, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("options", [dict(paired=True), dict(weight_decay=20.0, bounding_box=0.02),
                                      dict(burn_in=3, chain_seeds=[100, 101])])
 def test_options_match_the_generic_path(setup, options):

@@ -28,9 +28,11 @@ What makes it fast:
 * (component, chain) pairs are stacked into [K, ...] weight tensors and run
   as batched einsums, in chunks of `pair_chunk` pairs to bound memory;
   gradients are taken only w.r.t. the stacked head weights;
-* attention (the moving head's, and every head of the later layers) uses the
-  fused `scaled_dot_product_attention` kernel: SGLD needs first derivatives
-  only, and the kernel is ~4x faster than the explicit attention on CPU;
+* attention (the moving head's, and every head of the later layers) needs first
+  derivatives only, so it takes the fastest kernel for its shape
+  (`_causal_attention`): on CPU at contexts up to `EXPLICIT_ATTENTION_MAX_T`, one
+  batched matmul with the causal mask as its additive term, a softmax and a
+  second matmul; otherwise the fused `scaled_dot_product_attention`;
 * the vocabulary-sized work (logits, softmax, cross-entropy and its gradient)
   is one hand-written pass over blocks of `CE_BLOCK` tokens that stay in cache
   (`_LinearCrossEntropy`); the unembedding matmuls are then most of the cost.
@@ -64,6 +66,12 @@ from rllc.sampling.settings import SGLDSettings
 from rllc.sampling.update import ChainBlock, accumulator
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
+# Longest context at which `_causal_attention` uses explicit batched matmuls on CPU. Measured on this project's
+# CPU (2 threads, d_head 16, fp32, forward + backward of 4,096 query rows x 8 heads): at T = 64 explicit 11.0 ms vs
+# the fused kernel 14.1 ms (forward alone 4.4 vs 5.9); at T = 128 21.4 vs 21.8 (forward 9.0 vs 5.7); beyond, the
+# fused kernel wins by 2-3x. The fused CPU kernel is written for long sequences; at short ones its tiling costs.
+EXPLICIT_ATTENTION_MAX_T = 64
+SCORE_BLOCK = 2**20  # score entries per block of the explicit attention (4 MB in fp32)
 BF16_TOLERANCE = 0.5  # bf16 is accepted if |bf16 - fp32| <= this many fp32 Monte Carlo errors, for every head
 
 __all__ = ["Bf16Refused", "head_reason", "run_heads", "unsupported_reason"]
@@ -128,6 +136,31 @@ class _Workspace:
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
             buf = self.buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
         return buf[:n].view(shape)
+
+
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """softmax(q k^T * scale, causally masked) v over the last two dims of [..., T, e] (any leading dims), with
+    the faster kernel for the shape (see `EXPLICIT_ATTENTION_MAX_T`); the two agree to float rounding.
+
+    The explicit form runs in blocks of `SCORE_BLOCK` score entries (a few MB, kept in cache; one large
+    scores tensor costs more in fresh pages than it saves). With gradients it is used only when one block
+    holds everything (autograd would keep every block's scores alive anyway)."""
+    *lead, t, e = q.shape
+    n = q.numel() // (t * e)
+    rows = max(1, SCORE_BLOCK // (t * t))
+    if q.device.type != "cpu" or t > EXPLICIT_ATTENTION_MAX_T or (torch.is_grad_enabled() and n > rows):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    mask = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+    q, k, v = (x.reshape(n, t, e) for x in (q, k, v))
+    if n <= rows:
+        scores = torch.baddbmm(mask.expand(n, t, t), q, k.transpose(1, 2), alpha=scale)
+        return torch.bmm(scores.softmax(-1), v).view(*lead, t, e)
+    out = torch.empty_like(q)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        scores = torch.baddbmm(mask.expand(hi - lo, t, t), q[lo:hi], k[lo:hi].transpose(1, 2), alpha=scale)
+        torch.bmm(scores.softmax(-1), v[lo:hi], out=out[lo:hi])
+    return out.view(*lead, t, e)
 
 
 class _Cache:
@@ -223,8 +256,7 @@ def _ce_inputs(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: li
     q = torch.einsum("btd,kde->kbte", qk, W_Q) + b_Q[:, None, None, :]
     k = torch.einsum("btd,kde->kbte", qk, W_K) + b_K[:, None, None, :]
     v = torch.einsum("btd,kde->kbte", x, W_V) + b_V[:, None, None, :]
-    # The fused kernel: first derivatives are all SGLD needs, and it is ~4x faster than explicit attention.
-    z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.attn_scale)  # [k, B, T, dh]
+    z = _causal_attention(q, k, v, 1.0 / attn.attn_scale)  # [k, B, T, dh]
     targets = cache.tokens[:, 1:].flatten()
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
     if layer == cfg.n_layers - 1:
@@ -295,12 +327,12 @@ def _frozen_block(block: nn.Module, resid: Tensor, pos: Tensor | None) -> Tensor
     x = block.ln1(resid)
     qk = x if pos is None else x + pos
 
-    def project(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:  # -> [k * B, H, T, e] (4-d: the flash kernel's)
+    def project(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:  # -> [k * B, H, T, e]
         flat = inp.flatten(0, 1) @ w.permute(1, 0, 2).reshape(d_model, n_heads * d_head) + b.flatten()
         return flat.unflatten(-1, (n_heads, d_head)).transpose(1, 2)
 
-    z = F.scaled_dot_product_attention(project(qk, attn.W_Q, attn.b_Q), project(qk, attn.W_K, attn.b_K),
-                                       project(x, attn.W_V, attn.b_V), is_causal=True, scale=1.0 / attn.attn_scale)
+    z = _causal_attention(project(qk, attn.W_Q, attn.b_Q), project(qk, attn.W_K, attn.b_K),
+                          project(x, attn.W_V, attn.b_V), 1.0 / attn.attn_scale)
     z = z.transpose(1, 2).flatten(-2).unflatten(0, resid.shape[:2])  # [k, B, T, H * e]
     return resid + z @ attn.W_O.reshape(n_heads * d_head, d_model) + attn.b_O
 
@@ -494,14 +526,11 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
     chunk = max(1, pair_chunk // chains) * chains  # whole heads per chunk: their chains share one logit term
     probes = []  # the forward pass at w* of the fixed probe sets, once: sets of one length share a cache
     if observer is not None:
-        by_length: dict[int, list[str]] = {}
-        for name, tokens in observer.probes.items():
-            by_length.setdefault(tokens.shape[1], []).append(name)
         with torch.no_grad():
-            for names in by_length.values():
-                tokens = torch.cat([observer.probes[n] for n in names]).to(model.unembed.W_U.device)
+            for names, tokens in observer.stacked:
                 sizes = [observer.probes[n].shape[0] for n in names]
-                probes.append((names, sizes, _Cache(model, tokens, last_heads, _Workspace())))
+                probes.append((names, sizes, _Cache(model, tokens.to(model.unembed.W_U.device), last_heads,
+                                                    _Workspace())))
     for t in range(steps):
         batch = stream[t]
         tokens = tokens_of(batch)

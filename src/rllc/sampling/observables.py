@@ -72,6 +72,12 @@ class TokenLossObserver:
         if every < 1 or burn_in < 0:
             raise ValueError(f"every must be >= 1 and burn_in >= 0, got every={every}, burn_in={burn_in}")
         self.probes = {name: torch.as_tensor(t) for name, t in probes.items()}
+        # The probe sets grouped by sequence length, [(names, their sequences stacked)]: sets of one length go
+        # through one forward pass (rows are independent, so the per-token losses are the same).
+        lengths: dict[int, list[str]] = {}
+        for name, tokens in self.probes.items():
+            lengths.setdefault(tokens.shape[1], []).append(name)
+        self.stacked = [(names, torch.cat([self.probes[n] for n in names])) for names in lengths.values()]
         self.sampling, self.cross, self.burn_in, self.every = sampling, cross, burn_in, every
         self.token_loss_fn = token_loss_fn or next_token_losses
         self.keep_draws = keep_draws
@@ -84,8 +90,11 @@ class TokenLossObserver:
     def evaluate(self, model: nn.Module) -> dict[str, np.ndarray]:
         """Every probe set's per-token losses at the model's current weights (the generic back-end's way)."""
         device = next((p.device for p in model.parameters()), None)
-        return {name: self.token_loss_fn(model, tokens.to(device)).double().cpu().numpy()
-                for name, tokens in self.probes.items()}
+        out = {}
+        for names, tokens in self.stacked:
+            losses = self.token_loss_fn(model, tokens.to(device)).double().cpu().numpy()
+            out.update(zip(names, np.split(losses, np.cumsum([len(self.probes[n]) for n in names])[:-1])))
+        return out
 
     def record(self, component: str, chain: int, losses: Mapping[str, np.ndarray]) -> None:
         """Add one draw of (component, chain): {probe: per-token losses [n_seq, T-1]}."""
