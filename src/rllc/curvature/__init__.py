@@ -33,7 +33,7 @@ models: see `HessianOperator`'s `vectorize`). So each batch's forward pass and f
 backward (create_graph=True) are built once and kept (`cache_graphs`), and
 each product is one backward through that graph: half the cost of a fresh
 double backward. curvlinops restricts only to whole parameters and PyHessian
-does not install on current torch (DESIGN.md), so neither is used.
+does not install on current torch (docs/curvature.md), so neither is used.
 """
 
 from rllc.curvature.fisher import FisherContexts, fim_trace, fisher_operator, sample_contexts, sequence_log_prob

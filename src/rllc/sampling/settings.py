@@ -55,7 +55,7 @@ def _type_word(kinds: tuple[type, ...], rule: str) -> str:
 class SGLDSettings:
     """The settings of one LLC estimate (both back-ends, every sampler).
 
-    Defaults: the rLLC paper's settings (DESIGN.md). Invalid values raise
+    Defaults: the rLLC paper's settings (docs/llc.md, "Hyperparameters"). Invalid values raise
     ValueError naming the setting and its rule.
     """
 
