@@ -28,7 +28,7 @@ import pandas as pd
 from rllc.analysis.figures import plot_head_curves
 from rllc.analysis.findings import behaviour_types, rank_auc
 from rllc.analysis.trajectories import annotate, trajectories
-from rllc.runs import load_results, load_susceptibility
+from rllc.results import load_results, load_susceptibility
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from rllc.cli import main
 from rllc.models.checkpoints import load_checkpoints
-from rllc.runs import load_results
+from rllc.results import load_results
 from rllc.runs.calibrate import HeadRun, choose_burn_in, judge_cell, judge_cost, summarize, verdict
 from rllc.train import preset, train
 
@@ -81,6 +81,7 @@ def series(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_rllc_calibrate_writes_settings_that_rllc_estimate_takes(series, tmp_path, capsys):
     out = tmp_path / "calibration"
     code = main(["calibrate", str(series), "--out", str(out), "--epsilons", "1e-3", "--nbetas", "30",

@@ -56,3 +56,103 @@ def test_curvature_does_not_reach_into_sampling():
         modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not [m for m in modules if m.startswith("rllc.sampling")], path.name
+
+
+# The layers, bottom up (docs/design.md): a module imports only from its own unit or from lower layers.
+LAYERS = [
+    {"progress", "schedule", "deprecation", "results"},  # utilities; the torch-free results layer (the store's contract)
+    {"data", "models"},  # corpora and tokens; the transformer, checkpoint I/O, components
+    {"losses"},  # losses and batch streams shared by the estimators
+    {"sampling", "curvature", "behavior", "train"},  # estimators and training
+    {"runs"},  # series over checkpoints, writing the store
+    {"analysis"},  # reading the store: clustering, comparison, findings, report
+    {"cluster", "compare", "demo"},  # public facades, the demo study
+    {"cli"},  # the command line
+]
+READS_ONLY = {"analysis": {"results", "progress", "deprecation"}}  # analysis works from a finished run alone
+
+
+def _import_graph():
+    """{module: {imported rllc module}} over src/rllc, lazy (function-level) imports included; `from pkg
+    import sub` counts as importing the submodule."""
+    import ast
+    from pathlib import Path
+
+    import rllc
+
+    src = Path(rllc.__file__).parent.parent
+    paths = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (src / "rllc").rglob("*.py")}
+    graph = {}
+    for mod, path in paths.items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module or ""
+                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in paths else target for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[mod] = {m for m in found if m in paths and m != mod}
+    return graph
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "rllc"
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module, path):
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target, path + [target])):
+                return found
+        state[module] = 2
+        return None
+
+    return next((c for m in sorted(graph) if m not in state and (c := visit(m, [m]))), None)
+
+
+def test_import_graph_has_no_cycles():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # the check bites
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layers_import_only_downward():
+    rank = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+    graph = _import_graph()
+    units = {_unit(m) for m in graph} - {"rllc"}
+    assert units <= set(rank), f"units without a layer: {sorted(units - set(rank))}; add them to LAYERS"
+    wrong = []
+    for module, targets in graph.items():
+        a = _unit(module)
+        for target in targets:
+            b = _unit(target)
+            if a == b or a == "rllc":
+                continue
+            if rank[b] >= rank[a] or (a in READS_ONLY and b not in READS_ONLY[a]):
+                wrong.append(f"{module} imports {target} ({a} -> {b})")
+    assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_old_paths_forward_with_a_warning():
+    """One public path per function: the old ones hand out the same object and warn (for one release)."""
+    import rllc.analysis
+    import rllc.results
+
+    for old, new, name in (("rllc.cluster", rllc.analysis, "cluster_trajectories"),
+                           ("rllc.compare", rllc.analysis, "compare"),
+                           ("rllc.runs", rllc.results, "load_results")):
+        module = __import__(old, fromlist=[name])
+        with pytest.warns(DeprecationWarning, match=f"use {new.__name__}.{name}"):
+            assert getattr(module, name) is getattr(new, name)
+    import rllc.runs
+
+    with pytest.raises(AttributeError):
+        rllc.runs.compare  # forwards only the readers

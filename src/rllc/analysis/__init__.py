@@ -17,12 +17,15 @@ Every library function takes the results DataFrame of `rllc.load_results`
 
 from rllc.analysis.cluster import (
     ALGORITHMS,
+    CRITERIA,
     ClusterResult,
     agreement,
     best_k_per_metric,
+    canonical_labels,
     choose_k,
     cluster_set,
     cluster_trajectories,
+    default_cluster_keys,
     fit_labels,
     kshape_fit,
     consensus_labels,
@@ -32,19 +35,34 @@ from rllc.analysis.cluster import (
     subdivision_tree,
 )
 from rllc.analysis.compare import (
+    CORRELATION_METHODS,
     CompareResult,
     compare,
+    correlation_keys,
     correlation_matrix,
     curve_features,
+    default_reference_keys,
     feature_agreement,
+    head_signal_matrix,
+    model_llc_key,
     pairs_to_heads,
     rank_correlations,
     series_correlations,
     stage_boundaries,
     stages_of,
+    with_pair_signals,
 )
-from rllc.analysis.critical import Smoothing, align_events, alignment_summary, critical_points, critical_points_table
+from rllc.analysis.critical import (
+    KINDS,
+    Smoothing,
+    align_events,
+    alignment_summary,
+    critical_points,
+    critical_points_table,
+    smooth_curve,
+)
 from rllc.analysis.findings import StudyFindings, study_findings
+from rllc.analysis.outputs import write_cluster, write_compare
 from rllc.analysis.trajectories import (
     AnalysisError,
     TrajectorySet,
@@ -61,6 +79,19 @@ __all__ = [
     "StudyFindings",
     "study_findings",
     "ALGORITHMS",
+    "CORRELATION_METHODS",
+    "CRITERIA",
+    "KINDS",
+    "canonical_labels",
+    "correlation_keys",
+    "default_cluster_keys",
+    "default_reference_keys",
+    "head_signal_matrix",
+    "model_llc_key",
+    "smooth_curve",
+    "with_pair_signals",
+    "write_cluster",
+    "write_compare",
     "AnalysisError",
     "ClusterResult",
     "CompareResult",

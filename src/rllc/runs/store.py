@@ -125,7 +125,7 @@ class Store:
             if len(every) > 1:
                 notes.append(f"note: {self.run_dir} holds {signal} results on {dataset} under {len(every)} "
                              f"hyperparameter sets (config_hash {', '.join(sorted(every))}); select one with "
-                             "df[df.config_hash == ...] (rllc.runs.load_run_config shows each)")
+                             "df[df.config_hash == ...] (rllc.results.load_run_config shows each)")
         return notes
 
     # --- writing one finished task ---------------------------------------------
