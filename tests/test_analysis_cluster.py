@@ -35,6 +35,7 @@ def planted():
 
 @pytest.mark.parametrize("algorithm,seeds", [("kmeans", (0, 1)), ("ward", (0, 1)), ("kshape", (0, 1)),
                                              ("dtw", (0,))])
+@pytest.mark.slow
 def test_each_algorithm_recovers_planted_groups_and_k(planted, algorithm, seeds):
     for seed in seeds:
         df, groups, _ = planted[seed]

@@ -15,6 +15,8 @@ from rllc.analysis import cli
 from rllc.analysis.demo_data import demo_config, demo_results, log_schedule
 from rllc.analysis.report import build_report, diagnostics_table
 
+pytestmark = pytest.mark.slow  # the module's fixture alone takes 10-35 s on 2 cores
+
 CHROMIUM = "/usr/bin/chromium"
 STEPS = sorted(set(log_schedule(24)) | {3000, 20000})  # the demo plants its two unhealthy estimates there
 COMPARED = ["llc@prose", "llc@code", "hessian-trace", "induction", "previous_token", "participation_ratio",

@@ -1,3 +1,4 @@
+import pytest
 import subprocess
 import sys
 
@@ -36,6 +37,7 @@ def test_errors_are_one_line_naming_the_path(tmp_path, capsys):
     assert "no config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "rllc.cli", "--help"], capture_output=True, text=True).stdout
     assert all(verb in out for verb in ("train", "info", "estimate", "probe", "export"))

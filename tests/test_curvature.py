@@ -98,6 +98,7 @@ def within(est: CurvatureEstimate, exact: float, k: float = 3.0) -> bool:
 # --- the operator ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", COMPONENTS)
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_operator_is_the_components_hessian_block(tiny, spec, vectorize):
@@ -288,6 +289,7 @@ def gap_thresholds(ev: np.ndarray, k: int = 3) -> list[float]:
     return sorted(float(top[i] + top[i + 1]) / 2 for i in widest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", COMPONENTS)
 def test_chebyshev_rank_matches_the_exact_rank(tiny, spec):
     model, data, exact = tiny
@@ -339,6 +341,7 @@ def test_a_range_that_misses_eigenvalues_is_warned_about(tiny):
         chebyshev_rank(op, [0.1 * ev[-1]], degree=50, n_probes=4)  # adaptive: no warning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", COMPONENTS)
 def test_slq_rank_and_density(tiny, spec):
     model, data, exact = tiny
@@ -431,6 +434,7 @@ def exact_lm_fisher_trace(model: Transformer, sampler: Transformer, spec) -> flo
     return float((prob * trace).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["0:1", None])
 def test_fim_trace_on_self_sampled_sequences_matches_enumeration(spec):
     model = tiny_lm(seed=3)
@@ -439,6 +443,7 @@ def test_fim_trace_on_self_sampled_sequences_matches_enumeration(spec):
     assert within(est, exact_lm_fisher_trace(model, model, spec)), est.to_row()
 
 
+@pytest.mark.slow
 def test_fim_with_contexts_kept_from_another_checkpoint():
     old, new = tiny_lm(seed=3), tiny_lm(seed=3)
     with torch.no_grad():

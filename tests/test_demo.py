@@ -10,6 +10,8 @@ import torch
 from rllc import cli
 from rllc.demo import STAGES, run_demo
 
+pytestmark = pytest.mark.slow  # the module's fixture alone takes 10-35 s on 2 cores
+
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
@@ -58,7 +60,8 @@ def test_rerun_through_the_cli_reuses_finished_work(first):
     assert latest["stages"]["probe"]["computed"] == 0
     assert latest["stages"]["train"]["seconds"] < full["stages"]["train"]["seconds"]
     assert latest["stages"]["estimate"]["seconds"] < full["stages"]["estimate"]["seconds"]
-    assert latest["stages"]["noise"]["seconds"] < full["stages"]["noise"]["seconds"]  # its estimates reused
+    # its estimates reused (counted: in --quick mode the estimates are too cheap for wall time to tell)
+    assert latest["stages"]["noise"]["computed"] == 0 and latest["stages"]["noise"]["skipped"] > 0
     assert "==> [8/8] report" in errors.getvalue()
     assert "[FAIL] Head formation" in errors.getvalue() or "[PASS] Head formation" in errors.getvalue()
 

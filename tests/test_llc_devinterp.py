@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 from rllc.models import ModelConfig, Transformer
 from rllc.sampling import estimate_llc, mcse_mean, next_token_loss
 
+pytestmark = pytest.mark.slow  # the module's fixture alone takes 10-35 s on 2 cores
+
 datasets = pytest.importorskip("datasets")
 devinterp_llc = pytest.importorskip("devinterp.slt.llc")
 

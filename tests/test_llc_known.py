@@ -26,6 +26,7 @@ from rllc.sampling.toys import POTENTIALS, Potential, make_linear_regression, qu
 NBETA, GAMMA = 1000.0, 1.0  # nbeta * h >> gamma for every curvature h below: the prior barely biases
 
 
+@pytest.mark.slow
 def test_linear_regression_gives_d_over_2():
     d = 10
     problem = make_linear_regression(d=d, n=1000, seed=0)
@@ -39,6 +40,7 @@ def test_linear_regression_gives_d_over_2():
     assert est.diagnostics["rhat"] < 1.05 and est.diagnostics["mala_accept"] > 0.95
 
 
+@pytest.mark.slow
 def test_refining_a_regular_model_to_k_coordinates_gives_k_over_2():
     problem = make_linear_regression(d=10, n=1000, seed=0)
     coords = [1, 4, 5, 8]
@@ -64,6 +66,7 @@ CASES = [
 QUADRATIC_CURVATURES = {"w1^2": [2.0, 0.0], "w1^2+w2^2": [2.0, 2.0]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, nbeta, eps, chains, draws", CASES, ids=[c[0] for c in CASES])
 def test_normal_crossing_potentials(name, nbeta, eps, chains, draws):
     spec = POTENTIALS[name]

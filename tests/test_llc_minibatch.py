@@ -38,6 +38,7 @@ def test_aoyagi_lambda_cases():
     assert aoyagi_lambda(2, 2, 5, 1) == 2.0  # m + n < h + r: m n / 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", [True, False], ids=["paired (default)", "standard"])
 def test_reduced_rank_regression_with_minibatches(paired):
     problem = make_reduced_rank_regression(m=4, n=4, h=2, n_samples=2000, n_batches=20, noise=0.5, seed=0)
@@ -60,6 +61,7 @@ def test_regular_model_with_minibatches():
     assert abs(est.mean - 10.0) < 1.0, (est.mean, est.diagnostics["se"])
 
 
+@pytest.mark.slow
 def test_rmsprop_known_lambda_with_minibatches():
     """RMSProp-SGLD on the known-answer cases above, at epsilon / 10 (the preconditioner is at most
     1 / rmsprop_eps = 10, so the largest effective step is SGLD's there). Most coordinates then move

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from tqdm.auto import tqdm
 
 from rllc.cli import main
@@ -68,6 +69,7 @@ def test_rllc_train_and_estimate_print_log_lines_when_stderr_is_not_a_terminal(t
     assert progress[-1].startswith("rllc estimate: 3/3 task (100%)")
 
 
+@pytest.mark.slow
 def test_a_redirected_training_log_has_no_carriage_returns(tmp_path):
     """The issue's case (`make demo > log`): stderr to a file, a real process."""
     log = tmp_path / "train.log"

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 import rllc
 from rllc.cli import main
 from rllc.models import ModelConfig, Transformer
-from rllc.runs import load_results, load_run_config, load_susceptibility, load_trace, run_estimate, run_probe
+from rllc.results import load_results, load_run_config, load_susceptibility, load_trace
+from rllc.runs import run_estimate, run_probe
 from rllc.runs.datasets import resolve_dataset
 from rllc.runs.store import db_path
 from rllc.sampling import estimate_llcs
@@ -44,6 +45,7 @@ def stable(df: pd.DataFrame) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
     run = tmp_path / "run"
     s = run_estimate(series, run, components=["heads", "model", "1:0+1:1"], **SMALL)
@@ -100,6 +102,7 @@ def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
     assert "load_results" in rllc.__all__ and rllc.load_results(run).shape == back.shape
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(series, tmp_path):
     (tmp_path / "sgld.toml").write_text("chains = 2\ndraws = 25\nbatch-size = 4\n")
     run = tmp_path / "killed"
@@ -141,6 +144,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(series, tmp_path):
     pd.testing.assert_frame_equal(stable(resumed), stable(load_results(reference)))
 
 
+@pytest.mark.slow
 def test_ray_backend_equals_local_and_retries_a_lost_worker(series, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from rllc.runs import backends
@@ -174,6 +178,7 @@ def test_ray_backend_equals_local_and_retries_a_lost_worker(series, tmp_path, mo
     assert not workers["worker"].str.endswith(f":{os.getpid()}").any()  # computed in Ray workers, not here
 
 
+@pytest.mark.slow
 def test_files_teachers_and_model_samples(series, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("In the beginning was the word, and the word was with the model. " * 40)
@@ -208,6 +213,7 @@ def test_bf16_is_validated_and_recorded(series, tmp_path):
     assert diags["model"]["compute_dtype"] == "fp32" and any("single-head" in w for w in diags["model"]["warnings"])
 
 
+@pytest.mark.slow
 def test_process_pool_equals_serial(series, tmp_path):
     opts = dict(SMALL, steps="40-")
     run_estimate(series, tmp_path / "serial", **opts)
@@ -309,6 +315,7 @@ def test_sampler_setting_through_the_cli(series, tmp_path):
     assert again["1:2"].mean == pytest.approx(row["value"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_susceptibility_over_a_series_into_the_store(series, tmp_path):
     """`rllc estimate --estimators susceptibility`: per (component, probe set) the mean per-token
     susceptibility and its standard error as rows (the full model among them, as the reference), the

@@ -230,6 +230,7 @@ def test_mala_acceptance_falls_as_epsilon_grows():
 # --- calibration -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_calibrate_finds_the_plateau_and_flags_divergence(tmp_path):
     """eps 3e-5 mixes slowly, 1e-3 is biased (+50%: near the stability limit), 3e-3 diverges."""
     problem = make_linear_regression(d=4, n=400, seed=3)

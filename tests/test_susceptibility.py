@@ -104,6 +104,7 @@ def exact_chi(coords: list[int], s: np.ndarray) -> np.ndarray:
     return e_pt2 - e_pt_l - e_pt * (f_pt - f_l)
 
 
+@pytest.mark.slow
 def test_susceptibilities_match_the_exact_gaussian_answer():
     """Full-batch SGLD on a quadratic is a Gaussian AR(1) chain: per coordinate the stationary variance is
     eps / (1 - (1 - eps kappa / 2)^2), kappa = nbeta a_i + gamma, so chi has a closed form. The estimate

@@ -61,6 +61,7 @@ def test_a_different_config_in_the_same_directory_is_refused(trained):
         train(preset("tiny", **{**QUICK, "lr": 3e-4}), trained, progress=False)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(tmp_path, trained):
     """SIGKILL `rllc train` mid-run; rerunning it ends with bit-identical weights."""
     out = tmp_path / "killed"
@@ -154,6 +155,7 @@ def test_warmup_scales_the_first_steps(tmp_path):
     assert not all(torch.equal(warm[k], full[k]) for k in warm)
 
 
+@pytest.mark.slow
 def test_two_runs_with_two_threads_are_bit_identical(tmp_path):
     # Without deterministic kernels, two 2-thread runs of this config differed by up to 3e-4 in a
     # weight after 30 steps; training must make them equal.

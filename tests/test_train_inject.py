@@ -121,6 +121,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_injected_training_resumes_bit_identically(tmp_path, monkeypatch):
     full = tmp_path / "full"
     train(preset("tiny", **QUICK), full, progress=False)

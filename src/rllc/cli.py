@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rllc.deprecation import DeprecatedFlag
+
 
 class UsageError(Exception):
     """A command line argparse cannot parse; main() prints it as one line (exit status 2)."""
@@ -165,7 +167,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rllc.runs import export_results
+    from rllc.results import export_results
 
     print(export_results(args.run_dir, args.format, args.out))
     return 0
@@ -237,7 +239,9 @@ def add_estimate_arguments(p: argparse.ArgumentParser, d: dict) -> None:
                    help="common random numbers (default): every checkpoint gets the same seeds and batches, so a "
                         "curve's step-to-step changes are not independent seed noise; --no-crn: a seed per "
                         "checkpoint")
-    g.add_argument("--precision", choices=["fp32", "bf16"],
+    g.add_argument("--precision", action=DeprecatedFlag, new="--compute-dtype", dest="compute_dtype",
+                   choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    g.add_argument("--compute-dtype", choices=["fp32", "bf16"],
                    help="bf16: unembedding matmuls of the batched head sampler in bfloat16, validated against "
                         "fp32 on a pilot and refused (recorded in diagnostics) if they disagree (default: fp32)")
     g = p.add_argument_group("curvature (hessian-trace, fim-trace, hessian-rank)")

@@ -248,7 +248,8 @@ def stage_noise(ckpt: Path, run: Path, opts: dict, progress: bool, state: dict) 
     rows step, component, seed, value in RUN_DIR/seed_noise/values.csv and state["seed_noise"]."""
     import pandas as pd
 
-    from rllc.runs import load_results, run_estimate
+    from rllc.results import load_results
+    from rllc.runs import run_estimate
 
     dataset, _ = ESTIMATE_PASSES[0]
     main = load_results(run)
@@ -258,20 +259,20 @@ def stage_noise(ckpt: Path, run: Path, opts: dict, progress: bool, state: dict) 
     last = int(own["step"].max())
     seed = int(opts.get("seed", 0) or 0)
     frames = [own[own["step"] == last].assign(seed=seed)]
-    failed = 0
+    failed = computed = skipped = 0
     for s in NOISE_SEEDS:
         out = run / "seed_noise" / f"seed-{s}"
         summary = run_estimate(ckpt, out, **{**opts, "datasets": [dataset], "components": ["heads"],
                                              "steps": str(last), "seed": seed + s, "workers": 1, "threads": None,
                                              "quiet": not progress})
-        failed += summary.failed
+        failed, computed, skipped = failed + summary.failed, computed + summary.done, skipped + summary.skipped
         rows = load_results(out)
         frames.append(rows[(rows["signal"] == "llc") & (rows["step"] == last)].assign(seed=seed + s))
     values = pd.concat(frames, ignore_index=True)[["step", "component", "seed", "value"]]
     values.to_csv(run / "seed_noise" / "values.csv", index=False)
     state["seed_noise"] = values
     return (f"step {last}: {values['component'].nunique()} heads x {values['seed'].nunique()} seeds",
-            dict(failed=failed))
+            dict(computed=computed, skipped=skipped, failed=failed))
 
 
 def stage_probe(ckpt: Path, run: Path, opts: dict, progress: bool) -> tuple[str, dict]:
@@ -364,7 +365,7 @@ def run_demo(
 def _table(run: Path, state: dict):
     if "table" not in state:
         from rllc.analysis.trajectories import annotate
-        from rllc.runs import load_results
+        from rllc.results import load_results
 
         state["table"] = annotate(load_results(run))
     return state["table"]
@@ -408,7 +409,7 @@ def stage_compare(run: Path, state: dict, result: DemoResult) -> str:
 def stage_report(run: Path, quick: bool, state: dict, result: DemoResult, timings: Timings) -> str:
     from rllc.analysis.findings import study_findings
     from rllc.analysis.report import build_report
-    from rllc.runs import load_run_config
+    from rllc.results import load_run_config
 
     table = _table(run, state)
     noise = state.get("seed_noise")

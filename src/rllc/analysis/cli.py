@@ -2,8 +2,8 @@
 
 `register(subparsers)` adds them to the `rllc` command's argparse subparsers;
 `main(argv)` runs them on their own (for tests and `python -m
-rllc.analysis.cli`). RUN_DIR is read with `rllc.runs.load_results` and
-`rllc.runs.load_run_config`; outputs go to RUN_DIR/analysis/{cluster,compare}
+rllc.analysis.cli`). RUN_DIR is read with `rllc.results.load_results` and
+`rllc.results.load_run_config`; outputs go to RUN_DIR/analysis/{cluster,compare}
 (or --out).
 """
 
@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from rllc.deprecation import DeprecatedFlag
 
 ALGORITHM_CHOICES = ("kmeans", "ward", "kshape", "dtw")
 
@@ -59,11 +61,15 @@ def add_cluster_arguments(p: argparse.ArgumentParser, signal_flag: str = "--sign
     g.add_argument("--k", type=int, help="use this k for every algorithm instead of choosing it")
     g.add_argument("--criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin", "vote"],
                    default="silhouette", help="how k is chosen (default: silhouette)")
-    g.add_argument("--normalise", choices=["none", "zscore", "minmax"], default="zscore",
+    g.add_argument("--normalisation", choices=["none", "zscore", "minmax"], default="zscore",
                    help="per-curve normalisation over time (default: zscore)")
+    g.add_argument("--normalise", action=DeprecatedFlag, new="--normalisation", dest="normalisation",
+                   choices=["none", "zscore", "minmax"], help=argparse.SUPPRESS)
     g.add_argument("--log-time", action="store_true",
                    help="resample the curves evenly in log10(step + offset) before clustering")
-    g.add_argument("--points", type=int, metavar="N", help="points of the log-time grid (default: as many as steps)")
+    g.add_argument("--n-points", type=int, metavar="N",
+                   help="points of the log-time grid (default: as many as steps)")
+    g.add_argument("--points", action=DeprecatedFlag, new="--n-points", dest="n_points", type=int, help=argparse.SUPPRESS)
     g.add_argument("--per-layer", action="store_true", help="cluster each layer's heads on their own")
     g.add_argument("--dtw-radius", type=float, metavar="F",
                    help="Sakoe-Chiba band for dtw, as a fraction of the series length (default: none)")
@@ -100,10 +106,17 @@ def add_compare_arguments(p: argparse.ArgumentParser, signal_flag: str = "--sign
                    help="full-model curve for the stages (default: the model-level llc with most steps)")
 
 
+def _add_log_x(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-x", action=argparse.BooleanOptionalAction, default=True,
+                   help="figures: log-step axis (default); --no-log-x: linear step axis")
+    p.add_argument("--linear-x", action=DeprecatedFlag, new="--no-log-x", dest="log_x", nargs=0, const=False,
+                   help=argparse.SUPPRESS)
+
+
 def _add_common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by rllc estimate/probe")
     p.add_argument("--out", metavar="DIR", help=f"output directory (default: RUN_DIR/analysis/{what})")
-    p.add_argument("--linear-x", action="store_true", help="figures: linear step axis (default: log-step)")
+    _add_log_x(p)
     p.add_argument("--list-signals", action="store_true", help="print the run's signal keys and exit")
 
 
@@ -135,7 +148,7 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by rllc estimate/probe")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/analysis)")
     p.add_argument("--title", help="page title (default: 'rllc report: NAME-OF-RUN_DIR')")
-    p.add_argument("--linear-x", action="store_true", help="figures: linear step axis (default: log-step)")
+    _add_log_x(p)
     p.add_argument("--rhat-max", type=float, default=1.1, help="r_hat above this is unhealthy (default: 1.1)")
     p.add_argument("--ess-min", type=float, help="ESS below this is unhealthy (default: not checked)")
     p.add_argument("--no-findings", action="store_true",
@@ -148,9 +161,9 @@ def register(subparsers) -> None:
 
 def _cluster_options(args) -> dict:
     return dict(algorithms=args.algorithms, ks=range(args.k_min, args.k_max + 1), k=args.k,
-                normalisation=args.normalise, log_time=args.log_time, n_points=args.points,
+                normalisation=args.normalisation, log_time=args.log_time, n_points=args.n_points,
                 per_layer=args.per_layer, criterion=args.criterion, seed=args.seed, dtw_radius=args.dtw_radius,
-                kshape_engine=args.kshape_engine, log_x=not args.linear_x)
+                kshape_engine=args.kshape_engine, log_x=args.log_x)
 
 
 def _compare_options(args) -> dict:
@@ -159,7 +172,7 @@ def _compare_options(args) -> dict:
     return dict(method=args.method, min_heads=args.min_heads, pairs=None if args.pairs == "none" else args.pairs,
                 smoothing=Smoothing(args.smoothing, args.width), prominence=args.prominence,
                 slope_prominence=args.slope_prominence, noise_factor=args.noise_factor, max_lag=args.max_lag,
-                reference_keys=args.reference, stage_key=args.stage_signal, log_x=not args.linear_x)
+                reference_keys=args.reference, stage_key=args.stage_signal, log_x=args.log_x)
 
 
 def _list_signals(df) -> int:

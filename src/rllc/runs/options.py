@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ from rllc.results import RunError  # noqa: F401  (defined with the results layer
 
 
 ESTIMATORS = ("llc", "hessian-trace", "fim-trace", "hessian-rank", "susceptibility")
-PRECISIONS = ("fp32", "bf16")
+COMPUTE_DTYPES = ("fp32", "bf16")
 TRACE_ESTIMATORS = ("hutch++", "hutchinson")
 FIM_METHODS = ("analytic", "sampled")
 
 # Defaults: the SGLD settings are SGLDSettings' fields (declared once there: the rLLC paper's settings,
-# DESIGN.md); curvature settings cheap enough for a series.
+# docs/llc.md); curvature settings cheap enough for a series.
 ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     datasets=None,  # None: the series' training sources when it records them
     components=["heads"],
@@ -41,7 +42,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = dict(
     rank_threshold=0.01, rank_degree=60, rank_probes=10,
     # susceptibility: per-token probe losses along the same SGLD chains (rllc.sampling.susceptibility)
     probe_datasets=["prose", "code", "repeated"], probe_sequences=8, observe_every=1,
-    seed=0, precision="fp32",
+    seed=0, compute_dtype="fp32",
     steps=None, every=1,
     workers=1, ray=None, threads=None, quiet=False,
 )
@@ -62,6 +63,9 @@ REMOVED_OPTIONS = {
     "init_loss_batches": "the reference loss L(w*) is now the mean over the draws' own batches, which cannot bias "
                          "the estimate (docs/llc.md, 'The reference loss'); delete the key",
 }
+# Options renamed so that each one has the name of the keyword it feeds: the old name still works for one
+# release (with a FutureWarning). Hashes keep the old name (estimator_params), so stored runs stay valid.
+RENAMED_OPTIONS = {"precision": "compute_dtype"}
 LIST_OPTIONS = ("datasets", "components", "estimators", "probe_datasets")
 
 
@@ -91,6 +95,10 @@ def merge_options(defaults: dict[str, Any], *layers: dict[str, Any]) -> dict[str
     opts = dict(defaults)
     for layer in layers:
         for key, value in layer.items():
+            if key in RENAMED_OPTIONS:
+                warnings.warn(f"option {key!r} is deprecated and will be removed in the next release; use "
+                              f"{RENAMED_OPTIONS[key]!r}", FutureWarning, stacklevel=2)
+                key = RENAMED_OPTIONS[key]
             if key in REMOVED_OPTIONS:
                 raise RunError(f"option {key!r} was removed: {REMOVED_OPTIONS[key]}")
             if key not in defaults:
@@ -145,8 +153,8 @@ def validate_estimate_options(opts: dict[str, Any]) -> None:
     unknown = [e for e in opts["estimators"] if e not in ESTIMATORS]
     if unknown or not opts["estimators"]:
         raise RunError(f"unknown estimator(s) {unknown or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
-    if opts["precision"] not in PRECISIONS:
-        raise RunError(f"--precision must be fp32 or bf16, got {opts['precision']!r}")
+    if opts["compute_dtype"] not in COMPUTE_DTYPES:
+        raise RunError(f"--compute-dtype must be fp32 or bf16, got {opts['compute_dtype']!r}")
     if opts["trace_estimator"] not in TRACE_ESTIMATORS:
         raise RunError(f"--trace-estimator must be one of {TRACE_ESTIMATORS}, got {opts['trace_estimator']!r}")
     if opts["fim_method"] not in FIM_METHODS:
@@ -202,7 +210,7 @@ def batches_needed(estimator: str, opts: dict[str, Any]) -> int:
     first k are the same whatever the total: adding an estimator never changes another's data."""
     if estimator in ("llc", "susceptibility"):
         return llc_batches(opts)
-    if estimator == "behaviour":
+    if estimator == "behavior":
         return 1
     return opts["curvature_batches"]
 
@@ -217,18 +225,22 @@ def estimator_params(estimator: str, opts: dict[str, Any], dataset_fingerprint: 
         data["reference"] = "draws"
         # Every SGLD setting (new ones only when off their default: old hashes stay valid, see settings.py).
         data.update(sgld_settings(opts).hashed())
-        keys = ("precision",) if estimator == "llc" else ("probe_datasets", "probe_sequences", "observe_every")
+        if estimator == "llc":
+            data["precision"] = opts["compute_dtype"]  # hashed under the option's old name: stored runs stay valid
+        keys = () if estimator == "llc" else ("probe_datasets", "probe_sequences", "observe_every")
     elif estimator == "hessian-trace":
         keys = ("probes", "trace_estimator", "curvature_batches")
     elif estimator == "fim-trace":
         keys = ("probes", "trace_estimator", "fim_method", "curvature_batches", "fim_seqs")
     elif estimator == "hessian-rank":
         keys = ("rank_threshold", "rank_degree", "rank_probes", "curvature_batches")
-    elif estimator == "behaviour":
+    elif estimator == "behavior":
         keys = ()
     else:
         raise RunError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
-    return {"estimator": estimator, "seed": opts["seed"], "crn": bool(opts.get("crn", True)), **data,
+    # The probe estimator is hashed under its old spelling, "behaviour": stored runs keep their hashes.
+    name = "behaviour" if estimator == "behavior" else estimator
+    return {"estimator": name, "seed": opts["seed"], "crn": bool(opts.get("crn", True)), **data,
             **{k: opts[k] for k in keys}}
 
 

@@ -36,7 +36,7 @@ _RANGE = re.compile(r"^(\d+)?-(\d+)?$")
 @dataclass
 class Task:
     kind: str  # "estimate" or "probe"
-    estimator: str  # llc, hessian-trace, fim-trace, hessian-rank; "behaviour" for probes
+    estimator: str  # llc, hessian-trace, fim-trace, hessian-rank, susceptibility; "behavior" for probes
     step: int
     checkpoint: str  # file or folder name
     dataset: str
@@ -149,15 +149,15 @@ def plan_estimates(series: CheckpointSeries, steps: list[int], datasets: list[Da
 
 def plan_probes(series: CheckpointSeries, steps: list[int], datasets: list[Dataset | None],
                 opts: dict[str, Any]) -> list[Task]:
-    """One behaviour task per checkpoint and probe dataset (None: all_signals' own probe batches)."""
+    """One behavior task per checkpoint and probe dataset (None: all_signals' own probe batches)."""
     tasks = []
     for ds in datasets:
-        params = estimator_params("behaviour", opts, ds.fingerprint if ds else "default")
+        params = estimator_params("behavior", opts, ds.fingerprint if ds else "default")
         params["probe_dataset"] = ds.name if ds else None
         params["probe_batches"] = PROBE_BATCHES_VERSION
         h = config_hash(params)
         for step in steps:
             name = series.files[step].name
-            tasks.append(Task("probe", "behaviour", step, name, ds.name if ds else "default", h, params,
+            tasks.append(Task("probe", "behavior", step, name, ds.name if ds else "default", h, params,
                               int(opts["seed"]), 1 if ds else 0))
     return tasks
