@@ -9,7 +9,7 @@
 The run directory must also hold the demo's probe rows (`make demo` writes them), for the behavioural types.
 The measure, fixed before the result was looked at: over the last third of the checkpoints that have
 susceptibilities (the span the data-refinement finding uses), each head's mean susceptibility on a probe set,
-and the rank AUC P(induction head > other head) with whether the ranges separate (rllc.analysis.findings
+and the rank AUC P(induction head > other head) with whether the ranges separate (rllc.study.findings
 rank_auc, behaviour_types); on the repeated probe also over the target positions of the second half only
 (where a repeated token can be predicted from its first occurrence). Prints per-head tables and the cost per
 checkpoint beside the wrLLC's; writes RUN_DIR/analysis/susceptibility_demo.png (per-head curves per probe).
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rllc.analysis.figures import plot_head_curves
-from rllc.analysis.findings import behaviour_types, rank_auc
+from rllc.study.findings import behaviour_types, rank_auc
 from rllc.analysis.trajectories import annotate, trajectories
 from rllc.results import load_results, load_susceptibility
 

@@ -1,4 +1,4 @@
-"""The study findings (rllc.analysis.findings) on constructed results tables with known answers."""
+"""The study findings (rllc.study.findings) on constructed results tables with known answers."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 
 from rllc.analysis.critical import Smoothing
 from rllc.analysis.trajectories import below_minimum_steps
-from rllc.analysis.findings import (
+from rllc.study.findings import (
     FAIL,
     MISSING,
     PASS,
@@ -147,7 +147,7 @@ def test_convergence_needs_rhat_and_seed_noise():
 
 
 def test_cluster_score_test_and_its_smallest_p():
-    from rllc.analysis.findings import cluster_score_test
+    from rllc.study.findings import cluster_score_test
 
     labels = pd.Series([0, 0, 0, 0, 1, 1, 1, 1], index=list("abcdefgh"))
     r = cluster_score_test(labels, pd.Series([1, 2, 1.5, 1.2, 5, 6, 5.5, 6.2], index=list("abcdefgh")))

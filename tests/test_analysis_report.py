@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
+from rllc import cli as rllc_cli
 from rllc.analysis import cli
 from rllc.analysis.demo_data import demo_config, demo_results, log_schedule
 from rllc.analysis.report import build_report, diagnostics_table
@@ -39,7 +40,7 @@ def report(demo, tmp_path_factory):
             args += ["--compare-signal", key]
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            assert cli.main(args) == 0
+            assert rllc_cli.main(args) == 0  # the `rllc` command: its report carries the demo study's findings
     page = Path(printed.getvalue().strip())
     assert page == run / "analysis" / "report.html" and page.is_file()
     return page

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rllc import cli
-from rllc.demo import STAGES, run_demo
+from rllc.study.demo import STAGES, run_demo
 
 pytestmark = pytest.mark.slow  # the module's fixture alone takes 10-35 s on 2 cores
 
@@ -78,7 +78,7 @@ def test_demo_refuses_a_checkpoint_dir_of_another_run(first, tmp_path):
 def test_the_demo_settings_are_the_committed_calibration():
     """experiments/demo_estimate.toml shares every calibrated setting with demo_calibration/calibration.toml;
     a drift is named."""
-    from rllc.demo import calibration_mismatch, estimate_options
+    from rllc.study.demo import calibration_mismatch, estimate_options
 
     opts = estimate_options(None, False, {})
     assert calibration_mismatch(opts) == {}

@@ -2,13 +2,14 @@
 (`import rllc.results`, and the analysis path through it, loads no torch); checkpoint files are read in
 one place; curvature and sampling share their losses through a module neither owns."""
 
+import importlib
 import subprocess
 import sys
 
 import pytest
 
 
-@pytest.mark.parametrize("module", ["rllc.results", "rllc.analysis.findings"])
+@pytest.mark.parametrize("module", ["rllc.results", "rllc.study.findings"])
 def test_reading_results_imports_no_torch(module):
     code = f"import sys, {module}; bad = [m for m in ('torch', 'rllc.runs', 'rllc.sampling') if m in sys.modules]; " \
            "print(','.join(bad)); sys.exit(1 if bad else 0)"
@@ -66,7 +67,7 @@ LAYERS = [
     {"sampling", "curvature", "behavior", "train"},  # estimators and training
     {"runs"},  # series over checkpoints, writing the store
     {"analysis"},  # reading the store: clustering, comparison, findings, report
-    {"cluster", "compare", "demo"},  # public facades, the demo study
+    {"cluster", "compare", "demo", "study"},  # the demo study (rllc.study); old paths that forward (deprecated)
     {"cli"},  # the command line
 ]
 READS_ONLY = {"analysis": {"results", "progress", "deprecation"}}  # analysis works from a finished run alone
@@ -145,14 +146,21 @@ def test_old_paths_forward_with_a_warning():
     """One public path per function: the old ones hand out the same object and warn (for one release)."""
     import rllc.analysis
     import rllc.results
+    import rllc.study.demo
+    import rllc.study.findings
 
     for old, new, name in (("rllc.cluster", rllc.analysis, "cluster_trajectories"),
                            ("rllc.compare", rllc.analysis, "compare"),
-                           ("rllc.runs", rllc.results, "load_results")):
-        module = __import__(old, fromlist=[name])
+                           ("rllc.runs", rllc.results, "load_results"),
+                           ("rllc.demo", rllc.study.demo, "run_demo"),
+                           ("rllc.analysis.findings", rllc.study.findings, "study_findings"),
+                           ("rllc.analysis", rllc.study.findings, "StudyFindings")):
+        module = importlib.import_module(old)
         with pytest.warns(DeprecationWarning, match=f"use {new.__name__}.{name}"):
             assert getattr(module, name) is getattr(new, name)
     import rllc.runs
 
     with pytest.raises(AttributeError):
         rllc.runs.compare  # forwards only the readers
+    with pytest.raises(AttributeError):
+        rllc.analysis.timings_finding  # forwards only the two names it used to export

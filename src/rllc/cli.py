@@ -363,12 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rllc.analysis.cli import register
 
-    register(sub)  # cluster, compare, report
+    register(sub, report_sections=_study_sections)  # cluster, compare, report (with the demo's findings)
 
-    from rllc.demo import register as register_demo
+    from rllc.study.demo import register as register_demo
 
     register_demo(sub)  # demo: every stage of the study in order
     return parser
+
+
+def _study_sections(*args, **kwargs):
+    """The demo study's sections for `rllc report` (imported when a report is made, not for --help)."""
+    from rllc.study.report import study_sections
+
+    return study_sections(*args, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

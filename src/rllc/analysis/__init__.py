@@ -61,7 +61,6 @@ from rllc.analysis.critical import (
     critical_points_table,
     smooth_curve,
 )
-from rllc.analysis.findings import StudyFindings, study_findings
 from rllc.analysis.outputs import write_cluster, write_compare
 from rllc.analysis.trajectories import (
     AnalysisError,
@@ -74,10 +73,9 @@ from rllc.analysis.trajectories import (
     stack_trajectories,
     trajectories,
 )
+from rllc.deprecation import forward
 
 __all__ = [
-    "StudyFindings",
-    "study_findings",
     "ALGORITHMS",
     "CORRELATION_METHODS",
     "CRITERIA",
@@ -130,3 +128,7 @@ __all__ = [
     "subdivision_tree",
     "trajectories",
 ]
+
+# The study's findings moved to rllc.study.findings (the demo study, apart from the library); the old names
+# forward there with a DeprecationWarning for one release, by name at first use (no import of the study here).
+__getattr__ = forward("rllc.analysis", "rllc.study.findings", ["StudyFindings", "study_findings"])

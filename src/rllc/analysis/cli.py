@@ -10,7 +10,6 @@ rllc.analysis.cli`). RUN_DIR is read with `rllc.results.load_results` and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -120,8 +119,10 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--list-signals", action="store_true", help="print the run's signal keys and exit")
 
 
-def register(subparsers) -> None:
-    """Add `cluster`, `compare` and `report` to an argparse subparsers object."""
+def register(subparsers, report_sections=None) -> None:
+    """Add `cluster`, `compare` and `report` to an argparse subparsers object. `report_sections(table, run_dir,
+    out, seed=) -> (sections, notes)`: a study's sections for the top of the report (`rllc.study.report`'s
+    `study_sections`, passed in by the command line: this layer never imports the study)."""
     p = subparsers.add_parser(
         "cluster", help="cluster per-head trajectories (k-means, Ward, k-Shape, DTW) and score k",
         description="Cluster per-head curves of one or several signals with each algorithm for k in a range; "
@@ -152,11 +153,11 @@ def register(subparsers) -> None:
     p.add_argument("--rhat-max", type=float, default=1.1, help="r_hat above this is unhealthy (default: 1.1)")
     p.add_argument("--ess-min", type=float, help="ESS below this is unhealthy (default: not checked)")
     p.add_argument("--no-findings", action="store_true",
-                   help="leave out the Findings section (default: computed from the results and "
-                        "RUN_DIR/timings.json, shown when the run has their inputs)")
+                   help="leave out the demo study's Findings section (default: computed from the results, "
+                        "RUN_DIR/timings.json and RUN_DIR/seed_noise, shown when the run has their inputs)")
     add_cluster_arguments(p, "--cluster-signal")
     add_compare_arguments(p, "--compare-signal")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, report_sections=report_sections)
 
 
 def _cluster_options(args) -> dict:
@@ -228,25 +229,15 @@ def cmd_report(args) -> int:
     cluster_options = _cluster_options(args)
     compare_options = _compare_options(args)
     title = args.title or f"rllc report: {Path(args.run_dir).resolve().name}"
-    timings = None
-    timings_path = Path(args.run_dir) / "timings.json"  # written by `rllc demo`
-    if timings_path.is_file():
-        try:
-            timings = json.loads(timings_path.read_text())
-        except (OSError, ValueError) as e:
-            notes.append(f"{timings_path} could not be read: {e}")
-    findings_options = None
-    noise_path = Path(args.run_dir) / "seed_noise" / "values.csv"  # written by `rllc demo` (its noise stage)
-    if noise_path.is_file():
-        import pandas as pd
-
-        findings_options = dict(seed_noise=pd.read_csv(noise_path), seed=cluster_options.get("seed", 0))
+    sections = []  # a study's own sections, from the provider the command line registered (the demo's findings)
+    if args.report_sections is not None and not args.no_findings:
+        sections, more = args.report_sections(df, args.run_dir, out, seed=cluster_options.get("seed", 0))
+        notes += more
     token_view = susceptibility_arrays(args.run_dir, df)
     path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
                         cluster_options=cluster_options, compare_keys=args.compare_signals,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
-                        notes=notes, findings=not args.no_findings, timings=timings,
-                        findings_options=findings_options, token_view=token_view,
+                        notes=notes, sections=sections, token_view=token_view,
                         calibration=calib if (calib := Path(args.run_dir) / "calibration").is_dir() else None)
     print(path)
     return 0

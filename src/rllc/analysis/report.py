@@ -1,5 +1,5 @@
-"""One self-contained HTML page for a run: the study's findings (PASS/FAIL badges,
-rllc.analysis.findings), configuration, diagnostics (any
+"""One self-contained HTML page for a run: sections a study passes in first (the demo's findings:
+rllc.study.report), configuration, diagnostics (any
 unhealthy estimate named; how many LLC estimates fail R-hat), stages, clusters, comparison tables and per-head
 curves, with every
 figure embedded as a base64 PNG (the page needs no other file and no network).
@@ -18,7 +18,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,19 @@ import pandas as pd
 
 from rllc.analysis.cluster import ALGORITHMS, ClusterResult
 from rllc.analysis.compare import CompareResult
-from rllc.analysis.findings import MISSING, StudyFindings, study_findings
 from rllc.analysis.outputs import Written, write_cluster, write_compare
 from rllc.analysis.trajectories import AnalysisError, annotate, signal_keys
 
 RHAT_MAX = 1.1
+
+
+class Section(NamedTuple):
+    """A section a study adds to the report (shown first): its anchor, its title in the page's navigation, and
+    its HTML body (figures embedded, e.g. with `embed_png`)."""
+
+    anchor: str
+    title: str
+    html: str
 
 
 # --- diagnostics -----------------------------------------------------------------
@@ -249,7 +257,8 @@ def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def _section(anchor: str, title: str, body: str) -> str:
+def section(anchor: str, title: str, body: str) -> str:
+    """One titled <section> of the page (its anchor is the navigation target)."""
     return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
@@ -265,34 +274,7 @@ def calibration_section(folder: Path) -> str:
     if (folder / "calibration.png").exists():
         body.append(embed_png(folder / "calibration.png", "Pooled loss traces per setting at the calibration "
                                                           "checkpoints; the chosen one bold, its burn-in dotted."))
-    return _section("calibration", "Calibration", "".join(body))
-
-
-def findings_figures(table: pd.DataFrame, findings: StudyFindings, out: str | Path) -> list[tuple[Path, str]]:
-    """The curves the clustering finding clustered (each of its keys, the checkpoints it used), coloured by
-    behavioural type, one PNG per key under `out`; [] when the finding has no curves."""
-    from rllc.analysis.figures import plot_head_curves
-    from rllc.analysis.trajectories import stack_trajectories
-
-    try:
-        f = findings["clustering"]
-    except KeyError:
-        return []
-    keys, types = f.numbers.get("keys"), f.numbers.get("type_of")
-    if not keys or not types:
-        return []
-    ts = stack_trajectories(table, keys, normalisation="none")
-    clusters = {v["scope"]: v["clusters"] for v in f.numbers.get("views", []) if v["method"] == f.numbers.get(
-        "verdict_method") and v["scope"] != "all heads"}
-    note = "; ".join(f"{scope}: {groups}" for scope, groups in clusters.items())
-    figures = []
-    for key in keys:
-        path = Path(out) / f"findings_curves_{key.replace('@', '_').replace('/', '_')}.png"
-        plot_head_curves(ts.raw[key], pd.Series(types), title=f"{key}, the curves clustered, by behavioural type",
-                         ylabel=key, legend_title="type", path=path)
-        figures.append((path, f"Per-head {key} at the checkpoints the clustering used, coloured by behavioural "
-                              f"type. Vote clusters: {note}."))
-    return figures
+    return section("calibration", "Calibration", "".join(body))
 
 
 def susceptibility_section(token_view: Mapping[str, Any], out: str | Path) -> str:
@@ -309,32 +291,7 @@ def susceptibility_section(token_view: Mapping[str, Any], out: str | Path) -> st
         path = Path(out) / f"susceptibility_tokens_{probe}.png"
         plot_token_susceptibility(arrays, title=f"{probe} probe, step {token_view['step']:,}", path=path)
         body.append(embed_png(path, f"Susceptibility per target position on the {probe} probe set."))
-    return _section("susceptibility", "Susceptibilities by token", "".join(body))
-
-
-def findings_section(findings: StudyFindings, figures: Sequence[tuple[str | Path, str]] = ()) -> str:
-    """The findings as a small table with PASS / FAIL / reported / missing badges; each finding's
-    per-head numbers in a collapsed block below."""
-    rows = []
-    for f in findings:
-        badge = f'<span class="badge {_esc(f.status.lower())}">{_esc(f.status)}</span>'
-        rows.append(f"<tr><td><b>{_esc(f.title)}</b></td><td>{badge}</td><td>{_esc(f.summary)}</td>"
-                    f'<td class="method">{_esc(f.method)}</td></tr>')
-    counts = {s: sum(f.status == s for f in findings) for s in ("PASS", "FAIL", "reported", "missing")}
-    line = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    body = [f'<p class="note">Computed from this run\'s results by <code>rllc.analysis.findings</code> '
-            f"({_esc(line)}). PASS/FAIL against the study's thresholds; <i>reported</i>: no threshold; "
-            "<i>missing</i>: the run lacks the inputs.</p>",
-            '<table class="findings"><thead><tr><th>finding</th><th>status</th><th>result</th>'
-            f"<th>method</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"]
-    for path, caption in figures:
-        body.append(embed_png(path, caption))
-    for f in findings:
-        if f.table is not None and len(f.table):
-            opened = " open" if f.name == "paper_claims" else ""  # the claims table is the study's summary
-            body.append(f"<details{opened}><summary>{_esc(f.title)}: numbers</summary>"
-                        f"{html_table(f.table, max_rows=64)}</details>")
-    return _section("findings", "Findings", "".join(body))
+    return section("susceptibility", "Susceptibilities by token", "".join(body))
 
 
 def render_report(
@@ -348,17 +305,14 @@ def render_report(
     ess_min: float | None = None,
     notes: Sequence[str] = (),
     primary_algorithm: str | None = None,
-    findings: StudyFindings | None = None,
+    sections: Sequence[Section] = (),
     calibration: str | Path | None = None,
-    findings_figures: Sequence[tuple[str | Path, str]] = (),
     token_view: str = "",
 ) -> str:
-    """The HTML text of the report (figures read from the writers' files and embedded); `findings`
-    (rllc.analysis.findings.study_findings) become the first section when given."""
+    """The HTML text of the report (figures read from the writers' files and embedded); `sections` (a
+    study's, e.g. the demo's findings) come first, in the order given."""
     table = annotate(df)
-    parts = []
-    if findings is not None:
-        parts.append(findings_section(findings, findings_figures))
+    parts = [section(s.anchor, s.title, s.html) for s in sections]
     n_steps = table["step"].nunique()
     keys = signal_keys(table)
     heads = sorted(table.loc[table["level"] == "head", "component"].unique())
@@ -381,7 +335,7 @@ def render_report(
     body.append(f'<div class="grid"><div>{conf}</div><div>{summary}</div></div>')
     body.append("<h3>Signals</h3>" + html_table(
         keys[["key", "kind", "level", "dataset", "n_components", "n_steps"]], scroll=True))
-    parts.append(_section("run", "Run", "".join(body)))
+    parts.append(section("run", "Run", "".join(body)))
 
     # diagnostics
     problems = diagnostics_table(table, rhat_max=rhat_max, ess_min=ess_min)
@@ -399,7 +353,7 @@ def render_report(
         body = status + f'<p class="note">{line}</p>' + html_table(names, max_rows=200, scroll=True)
     else:
         body = f'<p class="ok">All estimates healthy.</p><p class="note">{line}</p>'
-    parts.append(_section("diagnostics", "Diagnostics", body + convergence_html(table)))
+    parts.append(section("diagnostics", "Diagnostics", body + convergence_html(table)))
     if calibration is not None:
         parts.append(calibration_section(Path(calibration)))
 
@@ -412,7 +366,7 @@ def render_report(
                     html_table(result.stages)]
         else:
             body = ['<p class="note">The run has no full-model LLC curve, so no stages.</p>']
-        parts.append(_section("stages", "Stages", "".join(body)))
+        parts.append(section("stages", "Stages", "".join(body)))
 
     # clusters
     if cluster is not None:
@@ -445,7 +399,7 @@ def render_report(
                         + (embed_png(w.figures[f"tree:{algorithms[0]}:{r.scope}"],
                                      f"Subdivision tree of {algorithms[0]}: which cluster splits as k grows.")
                            if algorithms else "") + "</div>")
-        parts.append(_section("clusters", "Clusters", "".join(body)))
+        parts.append(section("clusters", "Clusters", "".join(body)))
 
     # comparison
     if comparison is not None:
@@ -478,7 +432,7 @@ def render_report(
         if "composition" in w.figures:
             body.append(embed_png(w.figures["composition"], "Composition scores over training (the pairs with "
                                   "the highest scores), one panel per side."))
-        parts.append(_section("compare", "Geometry and behaviour", "".join(body)))
+        parts.append(section("compare", "Geometry and behaviour", "".join(body)))
 
     if token_view:
         parts.append(token_view)
@@ -492,10 +446,10 @@ def render_report(
         body = ['<p class="note">Each signal per head, one panel per layer, coloured by head type (the '
                 "selectivity class at the last checkpoint), stages shaded; log-step axis.</p>"]
         body += [embed_png(path, f"{key} per head.") for key, path in curve_figs]
-        parts.append(_section("curves", "Curves", "".join(body)))
+        parts.append(section("curves", "Curves", "".join(body)))
 
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in ((("findings", "Findings"),) if findings is not None
-                                                           else ()) + (("run", "Run"), ("diagnostics", "Diagnostics"),
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in tuple((s.anchor, s.title) for s in sections)
+                                                         + (("run", "Run"), ("diagnostics", "Diagnostics"),
                                                             ("stages", "Stages"), ("clusters", "Clusters"),
                                                             ("compare", "Comparison"))
                   + ((("susceptibility", "Tokens"),) if token_view else ()) + (("curves", "Curves"),))
@@ -520,9 +474,7 @@ def build_report(
     rhat_max: float = RHAT_MAX,
     ess_min: float | None = None,
     notes: Sequence[str] = (),
-    findings: bool | StudyFindings = True,
-    timings: Mapping | None = None,
-    findings_options: Mapping | None = None,
+    sections: Sequence[Section] = (),
     cluster: tuple[list[ClusterResult], Written] | None = None,
     comparison: tuple[CompareResult, Written] | None = None,
     precomputed: bool = False,
@@ -534,11 +486,8 @@ def build_report(
     `out`/report.html; returns the page's path. A part that cannot run (too
     few heads, no per-head signals) is left out with a note.
 
-    Findings (`rllc.analysis.findings.study_findings`, with `timings` = the
-    content of RUN_DIR/timings.json and `findings_options`) head the page:
-    ``findings=True`` computes them and shows them unless every one lacks
-    its inputs; a `StudyFindings` is shown as it is; False leaves them out.
-    With ``precomputed=True`` the given `cluster` / `comparison` (the
+    `sections`: a study's own sections, shown first (the demo's findings:
+    `rllc.study.report.study_sections`); the report reads no study file. With ``precomputed=True`` the given `cluster` / `comparison` (the
     writers' results, None for a part that was skipped) are used instead of
     running them again. `calibration`: the folder `rllc calibrate` wrote (its verdict, settings and
     loss-trace figure become a section). `token_view`: per-token susceptibilities at one checkpoint
@@ -560,32 +509,13 @@ def build_report(
                                     **dict(cluster_options or {}))
         except AnalysisError as e:
             notes.append(f"Clustering skipped: {e}")
-    shown = None
-    if isinstance(findings, StudyFindings):
-        shown = findings
-    elif findings:
-        if findings_options is None:  # cluster the way the clustering section does
-            findings_options = {k: v for k, v in dict(cluster_options or {}).items() if k == "seed"}
-        shown = study_findings(table, timings, **dict(findings_options))
-        if all(f.status == MISSING for f in shown):
-            notes.append("Findings left out: the run has none of their inputs.")
-            shown = None
-        else:
-            shown.to_json(out / "findings.json")
-    figures = []
-    if shown is not None:
-        try:
-            figures = findings_figures(table, shown, out)
-        except AnalysisError as e:
-            notes.append(f"Findings figures skipped: {e}")
     page = render_report(table, config, title=title, cluster=cluster, comparison=comparison, rhat_max=rhat_max,
-                         ess_min=ess_min, notes=notes, findings=shown, calibration=calibration,
-                         findings_figures=figures,
+                         ess_min=ess_min, notes=notes, sections=sections, calibration=calibration,
                          token_view=susceptibility_section(token_view, out) if token_view else "")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
-__all__ = ["RHAT_MAX", "build_report", "convergence_html", "diagnostics_overview", "diagnostics_table", "embed_png",
-           "findings_figures", "findings_section", "html_table", "render_report", "susceptibility_section"]
+__all__ = ["RHAT_MAX", "Section", "build_report", "convergence_html", "diagnostics_overview", "diagnostics_table",
+           "embed_png", "html_table", "render_report", "section", "susceptibility_section"]
