@@ -52,15 +52,8 @@ from rllc.analysis.compare import (
     stages_of,
     with_pair_signals,
 )
-from rllc.analysis.critical import (
-    KINDS,
-    Smoothing,
-    align_events,
-    alignment_summary,
-    critical_points,
-    critical_points_table,
-    smooth_curve,
-)
+from rllc.analysis.critical import (KINDS, Smoothing, align_events, alignment_summary, critical_points,
+                                    critical_points_table, smooth_curve)
 from rllc.analysis.outputs import write_cluster, write_compare
 from rllc.analysis.trajectories import (
     AnalysisError,
