@@ -164,3 +164,17 @@ def test_old_paths_forward_with_a_warning():
         rllc.runs.compare  # forwards only the readers
     with pytest.raises(AttributeError):
         rllc.analysis.timings_finding  # forwards only the two names it used to export
+
+
+def test_renames_keep_the_stored_hashes():
+    """Renaming the option precision -> compute_dtype and the probe estimator behaviour -> behavior changed no
+    config_hash: stored runs keep their finished tasks (values computed with the code before the renames)."""
+    from rllc.runs.options import ESTIMATE_DEFAULTS, PROBE_DEFAULTS, config_hash, estimator_params, merge_options
+
+    opts = merge_options(ESTIMATE_DEFAULTS, {"estimators": ["llc"]})
+    assert config_hash(estimator_params("llc", opts, "fp0")) == "6921291c592d"
+    assert config_hash(estimator_params("susceptibility", opts, "fp0")) == "6c4070b7ddf5"
+    assert config_hash(estimator_params("behavior", merge_options(PROBE_DEFAULTS, {}), "fp0")) == "b2d431e03e9c"
+    with pytest.warns(FutureWarning, match="use 'compute_dtype'"):
+        old = merge_options(ESTIMATE_DEFAULTS, {"estimators": ["llc"], "precision": "bf16"})
+    assert old["compute_dtype"] == "bf16" and "precision" not in old
