@@ -168,7 +168,7 @@ def test_paper_clustering_recovers_planted_types_per_layer():
         curve = 1 + 2 * shapes[kind] + rng.normal(scale=0.05, size=len(steps))
         for dataset, scale in (("train", 1.0), ("code", 1.5)):
             rows += [dict(step=int(s), checkpoint=f"step_{s}", kind="estimate", signal="llc", component=head,
-                          dataset=dataset, value=float(scale * v), spread=np.nan, config_hash="h",
+                          dataset=dataset, value=float(scale * v), se=np.nan, config_hash="h",
                           seconds=0.0, diagnostics="{}") for s, v in zip(steps, curve)]
     ts = stack_trajectories(pd.DataFrame(rows), ["llc@train", "llc@code"])
     out = paper_clustering(ts, pd.Series(plan))

@@ -34,7 +34,7 @@ def sig(steps, centre, width=0.08):
 
 def rows(signal, component, values, dataset="d", kind="probe", **extra):
     return [dict(step=s, checkpoint=f"step_{s}", kind=kind, signal=signal, component=component, dataset=dataset,
-                 value=float(v), spread=np.nan, config_hash="h", diagnostics=json.dumps(extra), **extra)
+                 value=float(v), se=np.nan, config_hash="h", diagnostics=json.dumps(extra), **extra)
             for s, v in zip(STEPS, values)]
 
 

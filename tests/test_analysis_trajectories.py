@@ -21,7 +21,7 @@ from rllc.analysis.trajectories import (
 
 def rows(signal, component, values, steps=(0, 100, 200, 400), dataset="prose", kind="estimate", **diag):
     return [dict(step=s, checkpoint=f"step_{s}", kind=kind, signal=signal, component=component, dataset=dataset,
-                 value=v, spread=np.nan, config_hash="h1", seconds=0.0, diagnostics=json.dumps(diag))
+                 value=v, se=np.nan, config_hash="h1", seconds=0.0, diagnostics=json.dumps(diag))
             for s, v in zip(steps, values)]
 
 

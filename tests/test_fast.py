@@ -147,7 +147,7 @@ def test_unsupported_models_fall_back():
 def test_table_and_divergence(setup):
     model, data = setup
     table = estimates_table(estimate_llcs(model, data, ["0:0", "1:1"], **{**KW, "draws": 4}))
-    assert list(table["component"]) == ["0:0", "1:1"] and {"llc_mean", "llc_std", "rhat"} <= set(table.columns)
+    assert list(table["component"]) == ["0:0", "1:1"] and {"value", "std", "rhat"} <= set(table.columns)
     with pytest.raises(ChainDivergedError):
         estimate_llcs(model, data, ["1:1"], chains=2, draws=30, epsilon=10.0,
                            max_loss_increase=1.0)

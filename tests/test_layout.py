@@ -178,3 +178,28 @@ def test_renames_keep_the_stored_hashes():
     with pytest.warns(FutureWarning, match="use 'compute_dtype'"):
         old = merge_options(ESTIMATE_DEFAULTS, {"estimators": ["llc"], "precision": "bf16"})
     assert old["compute_dtype"] == "bf16" and "precision" not in old
+
+
+def test_a_store_from_before_the_se_column_loads_and_is_migrated_on_write(tmp_path):
+    """Stores written before the vocabulary was unified name the standard error `spread`: they read as `se`
+    (the reader changes nothing on disk), and the writer renames the column when it opens them."""
+    import sqlite3
+
+    from rllc.results import SCHEMA, load_results, result_columns
+    from rllc.runs.store import Store
+
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    conn.executescript(SCHEMA.replace("se REAL", "spread REAL"))
+    conn.execute("INSERT INTO results (task, step, checkpoint, kind, signal, component, dataset, value, spread, "
+                 "config_hash, seconds, diagnostics) VALUES ('t', 5, 'step_5.pt', 'estimate', 'llc', '0:1', 'prose', "
+                 "2.5, 0.25, 'h', 1.0, '{}')")
+    conn.commit()
+    conn.close()
+    df = load_results(tmp_path)
+    assert df.loc[0, "value"] == 2.5 and df.loc[0, "se"] == 0.25 and "spread" not in df.columns
+    with sqlite3.connect(tmp_path / "results.sqlite") as conn:
+        assert "spread" in result_columns(conn)  # reading rewrote nothing
+    Store(tmp_path).close()
+    with sqlite3.connect(tmp_path / "results.sqlite") as conn:
+        assert "se" in result_columns(conn) and "spread" not in result_columns(conn)
+    assert load_results(tmp_path).loc[0, "se"] == 0.25

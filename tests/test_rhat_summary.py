@@ -68,7 +68,7 @@ def task(step: int, components: list[str], config_hash: str = "h1", estimator: s
 
 
 def commit(store: Store, t: Task, rhats: list) -> None:
-    rows = [dict(signal=t.estimator, component=c, variant="", dataset=t.dataset, value=1.0, spread=0.1, seconds=1.0,
+    rows = [dict(signal=t.estimator, component=c, variant="", dataset=t.dataset, value=1.0, se=0.1, seconds=1.0,
                  diagnostics={"rhat": r}) for c, r in zip(t.components, rhats)]
     store.commit(t, TaskResult(t.key, rows=rows))
 

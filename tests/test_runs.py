@@ -23,10 +23,10 @@ from rllc.runs.store import db_path
 from rllc.sampling import estimate_llcs
 from rllc.train import preset, train
 
-INTERFACE = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread", "config_hash",
+INTERFACE = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "se", "config_hash",
              "seconds", "diagnostics"]
 SMALL = dict(datasets=["random"], chains=2, draws=8, batch_size=4, quiet=True, threads=1)
-SAME = ["step", "checkpoint", "kind", "signal", "component", "variant", "dataset", "value", "spread", "config_hash"]
+SAME = ["step", "checkpoint", "kind", "signal", "component", "variant", "dataset", "value", "se", "config_hash"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_ten_checkpoints_into_the_store_and_back(series, tmp_path):
     assert sorted(df["step"].unique()) == list(range(0, 50, 5))
     assert set(df["checkpoint"]) == {f"step_{s:08d}.safetensors" for s in range(0, 50, 5)}
     assert set(df["component"]) == {f"{l}:{h}" for l in range(2) for h in range(4)} | {"model", "1:0+1:1"}
-    assert df["config_hash"].nunique() == 1 and df["value"].notna().all() and (df["spread"] > 0).all()
+    assert df["config_hash"].nunique() == 1 and df["value"].notna().all() and (df["se"] > 0).all()
     assert df["step"].dtype == np.int64 and df["seconds"].gt(0).all()
     diag = json.loads(df["diagnostics"].iloc[0])
     assert len(diag["per_chain"]) == 2 and {"rhat", "ess", "init_loss", "seed", "fast_path"} <= set(diag)
@@ -329,7 +329,7 @@ def test_susceptibility_over_a_series_into_the_store(series, tmp_path):
     df = load_results(run)
     assert set(df["signal"]) == {"susceptibility"} and set(df["variant"]) == {"probe=repeated", "probe=code"}
     assert set(df["component"]) == {"0:1", "1:2", "model"} and len(df) == 4 * 3 * 2
-    assert df["value"].notna().all() and (df["spread"] > 0).all()
+    assert df["value"].notna().all() and (df["se"] > 0).all()
     diag = json.loads(df["diagnostics"].iloc[0])
     assert diag["probe_sequences"] == 3 and "llc" in diag and diag["draws"] == 6
     r = df[(df["component"] == "0:1") & (df["variant"] == "probe=code") & (df["step"] == 45)].iloc[0]

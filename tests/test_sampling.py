@@ -123,11 +123,11 @@ def test_estimate_leaves_model_untouched_and_reports_everything(lm):
     draw_batches = [batches[t % len(batches)] for t in range(5, 25)]
     assert est.init_loss == pytest.approx(np.mean([float(next_token_loss(model, b).detach()) for b in draw_batches]))
     row = est.to_row()
-    for key in ("component", "n_coords", "llc_mean", "llc_std", "llc_se", "epsilon", "nbeta", "gamma", "chains",
+    for key in ("component", "n_coords", "value", "std", "se", "epsilon", "nbeta", "gamma", "chains",
                 "draws", "burn_in", "seed", "rhat", "ess", "mala_accept", "distance_max", "init_loss",
-                "llc_standard_mean", "llc_paired_mean", "llc_standard_se", "llc_paired_se", "seconds_per_step"):
+                "standard_value", "paired_value", "standard_se", "paired_se", "seconds_per_step"):
         assert key in row, key
-    assert row["component"] == "1:0+1:1" and row["estimator"] == "paired" and row["llc_mean"] == est.mean
+    assert row["component"] == "1:0+1:1" and row["estimator"] == "paired" and row["value"] == est.mean
     assert 0 < row["mala_accept"] <= 1 and row["distance_max"] > 0
 
 
@@ -245,5 +245,5 @@ def test_calibrate_finds_the_plateau_and_flags_divergence(tmp_path):
     rec = df.attrs["recommendation"]
     assert df["recommended"].sum() == 1 and rec["epsilon"] == 3e-4  # the largest step on the plateau
     truth = problem.expected_llc(rec["nbeta"], rec["gamma"])
-    assert abs(rec["llc_mean"] - truth) < 0.15 * truth
+    assert abs(rec["value"] - truth) < 0.15 * truth
     assert (tmp_path / "cal.png").stat().st_size > 10_000

@@ -27,8 +27,12 @@ class RunError(ValueError):
 
 DB_NAME = "results.sqlite"
 TRACE_DIR = "traces"
-COLUMNS = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "spread", "config_hash",
+# One vocabulary for an estimate everywhere (rows, store, docs): `value` and its standard error `se`.
+COLUMNS = ["step", "checkpoint", "kind", "signal", "component", "dataset", "value", "se", "config_hash",
            "seconds", "diagnostics"]
+# Stores written before that named the standard error `spread`: readers read it as `se`, and the writer renames
+# the column when it opens such a store (`migrate`).
+OLD_SE_COLUMN = "spread"
 EXTRA_COLUMNS = ["variant", "task", "finished_at"]
 
 SCHEMA = """
@@ -38,7 +42,7 @@ CREATE TABLE IF NOT EXISTS results (
     task TEXT NOT NULL,
     step INTEGER NOT NULL, checkpoint TEXT NOT NULL, kind TEXT NOT NULL, signal TEXT NOT NULL,
     component TEXT NOT NULL, variant TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL,
-    value REAL, spread REAL, config_hash TEXT NOT NULL, seconds REAL, diagnostics TEXT NOT NULL,
+    value REAL, se REAL, config_hash TEXT NOT NULL, seconds REAL, diagnostics TEXT NOT NULL,
     UNIQUE (checkpoint, kind, signal, component, variant, dataset, config_hash));
 CREATE TABLE IF NOT EXISTS tasks (
     task TEXT PRIMARY KEY, grp TEXT NOT NULL, kind TEXT NOT NULL, estimator TEXT NOT NULL, step INTEGER NOT NULL,
@@ -66,6 +70,18 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")  # readers (load_results) never block the writing driver
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
     return conn
+
+
+def result_columns(conn: sqlite3.Connection) -> list[str]:
+    return [row[1] for row in conn.execute("PRAGMA table_info(results)")]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version to the current schema (the writer calls this on open):
+    the standard-error column `spread` is renamed `se`."""
+    if OLD_SE_COLUMN in result_columns(conn):
+        conn.execute(f"ALTER TABLE results RENAME COLUMN {OLD_SE_COLUMN} TO se")
+        conn.commit()
 
 
 def open_existing(run_dir: str | Path) -> sqlite3.Connection:
@@ -105,13 +121,15 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     """All results of a run directory, one row per result, long format (see docs/cli.md)."""
     conn = open_existing(run_dir)
     try:
+        old = OLD_SE_COLUMN in result_columns(conn)  # a store from before `se` (read as it is, never rewritten)
+        columns = ", ".join(f"r.{OLD_SE_COLUMN} AS se" if old and c == "se" else f"r.{c}" for c in COLUMNS)
         df = pd.read_sql_query(
-            f"SELECT r.{', r.'.join(COLUMNS)}, r.variant, r.task, t.finished_at FROM results r "
+            f"SELECT {columns}, r.variant, r.task, t.finished_at FROM results r "
             "LEFT JOIN tasks t ON t.task = r.task "
             "ORDER BY r.kind, r.signal, r.dataset, r.config_hash, r.component, r.variant, r.step", conn)
     finally:
         conn.close()
-    df = df.astype({"step": "int64", "value": "float64", "spread": "float64", "seconds": "float64"})
+    df = df.astype({"step": "int64", "value": "float64", "se": "float64", "seconds": "float64"})
     for col in ("checkpoint", "kind", "signal", "component", "dataset", "config_hash", "diagnostics", "variant"):
         df[col] = df[col].astype(str)
     return df[COLUMNS + EXTRA_COLUMNS].reset_index(drop=True)

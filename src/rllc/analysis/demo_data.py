@@ -46,9 +46,9 @@ def log_schedule(n: int = 40, last: int = 50_000) -> list[int]:
     return sorted({0, *np.round(np.geomspace(100, last, n - 1)).astype(int).tolist()})
 
 
-def _row(step, kind, signal, component, dataset, value, spread=np.nan, diagnostics=None, config_hash="synthetic"):
+def _row(step, kind, signal, component, dataset, value, se=np.nan, diagnostics=None, config_hash="synthetic"):
     return dict(step=int(step), checkpoint=f"step_{int(step):06d}", kind=kind, signal=signal, component=component,
-                dataset=dataset, value=float(value), spread=float(spread), config_hash=config_hash,
+                dataset=dataset, value=float(value), se=float(se), config_hash=config_hash,
                 seconds=0.0, diagnostics=json.dumps(diagnostics or {}))
 
 
@@ -223,8 +223,8 @@ def demo_results(steps: Sequence[int] | None = None, seed: int = 0) -> pd.DataFr
             if signal == "llc" and component == "0:2" and dataset == "code" and s == 20000:
                 diag["per_chain"][2] = float("nan")
                 diag["warnings"] = ["chain 2 returned NaN"]
-            spread = float(np.nanstd(per_chain, ddof=1) / np.sqrt(chains))
-            rows.append(_row(s, "estimate", signal, component, dataset, v, spread, diag, "est-3f2a"))
+            se = float(np.nanstd(per_chain, ddof=1) / np.sqrt(chains))
+            rows.append(_row(s, "estimate", signal, component, dataset, v, se, diag, "est-3f2a"))
 
     estimate_rows("llc", "model", "prose", model_llc, rel=0.01)
     for (head, dataset), curve in llc_curves.items():

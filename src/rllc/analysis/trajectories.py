@@ -1,7 +1,7 @@
 """From the long results table to per-head trajectories.
 
 The results table (``rllc.load_results``) has one row per measurement with the
-columns ``step, checkpoint, kind, signal, component, dataset, value, spread,
+columns ``step, checkpoint, kind, signal, component, dataset, value, se,
 config_hash, seconds, diagnostics``. Behaviour signals carry extras that tell
 rows of one signal apart: ``method`` (ablations), ``side`` (composition, path
 patching), ``target`` (selectivity) and ``label`` (head classes). They are read

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rllc.results import SCHEMA, TRACE_DIR, RunError, connect, db_path
+from rllc.results import SCHEMA, TRACE_DIR, RunError, connect, db_path, migrate
 from rllc.runs.plan import Task
 from rllc.runs.tasks import TaskResult
 
@@ -50,6 +50,7 @@ class Store:
         (self.run_dir / TRACE_DIR).mkdir(exist_ok=True)
         self.conn = connect(db_path(self.run_dir))
         self.conn.executescript(SCHEMA)
+        migrate(self.conn)  # a store from an earlier version: its columns renamed to today's
         self.run_id: int | None = None
 
     def close(self) -> None:
@@ -135,12 +136,12 @@ class Store:
         trace_file = self.write_traces(task, result.traces) if result.traces else None
         now = time.time()
         rows = [(task.key, task.step, task.checkpoint, task.kind, r["signal"], r["component"], r["variant"],
-                 r["dataset"], float(r["value"]), nan_to_none(r["spread"]), task.config_hash, r["seconds"],
+                 r["dataset"], float(r["value"]), nan_to_none(r["se"]), task.config_hash, r["seconds"],
                  json.dumps(r["diagnostics"], allow_nan=False)) for r in result.rows]
         with self.conn:  # one transaction: all of the task or nothing
             self.conn.executemany(
                 "INSERT INTO results (task, step, checkpoint, kind, signal, component, variant, dataset, value, "
-                "spread, config_hash, seconds, diagnostics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "se, config_hash, seconds, diagnostics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               (task.key, task.group, task.kind, task.estimator, task.step, task.checkpoint,
                                task.dataset, task.config_hash, json.dumps(task.components), result.seconds,

@@ -82,10 +82,10 @@ def build_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> Trans
     return model.eval()
 
 
-def row(task: Task, component: str, value: float, spread: float, seconds: float, diagnostics: dict[str, Any],
+def row(task: Task, component: str, value: float, se: float, seconds: float, diagnostics: dict[str, Any],
         signal: str | None = None, variant: str = "", dataset: str | None = None) -> dict[str, Any]:
     return dict(signal=signal or task.estimator, component=component, variant=variant,
-                dataset=dataset or task.dataset, value=float(value), spread=nan_if_none(spread),
+                dataset=dataset or task.dataset, value=float(value), se=nan_if_none(se),
                 seconds=float(seconds), diagnostics=jsonable(diagnostics))
 
 
@@ -132,7 +132,7 @@ def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: 
 
 def susceptibility_rows(task: Task, model: Transformer, data: list[torch.Tensor], probes: dict[str, torch.Tensor]):
     """Per component and probe set (variant "probe=<name>"), the mean per-token susceptibility (value) and its
-    standard error (spread);
+    standard error (se);
     the per-token values (and the probe tokens) go beside the store as traces: "<component>|<probe>" and
     "tokens|<probe>". The full model's own values (Var(pt) - Cov(pt, l)) come as component "model"."""
     from rllc.sampling import SGLDSettings

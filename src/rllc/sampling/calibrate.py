@@ -65,7 +65,7 @@ def calibrate(
                     row.update(status="ok", error="")
                 except ChainDivergedError as exc:
                     row = dict(plain, component=component, epsilon=epsilon, nbeta=nbeta, gamma=gamma, chains=chains,
-                               draws=draws, llc_mean=math.nan, llc_std=math.nan, status="diverged", error=str(exc),
+                               draws=draws, value=math.nan, std=math.nan, status="diverged", error=str(exc),
                                diverged_chain=exc.chain, diverged_step=exc.step)
                 rows.append(row)
     df = pd.DataFrame(rows)
@@ -78,7 +78,7 @@ def calibrate(
 def _mark_plateau(df: pd.DataFrame, rel_tol: float, max_rhat: float, min_ess: float) -> None:
     rhat = df["rhat"] if "rhat" in df else pd.Series(np.nan, index=df.index)
     n_eff = df["ess"] if "ess" in df else pd.Series(np.nan, index=df.index)
-    df["healthy"] = (df["status"] == "ok") & (df["llc_mean"] > 0) & ~(rhat > max_rhat) & ~(n_eff < min_ess)
+    df["healthy"] = (df["status"] == "ok") & (df["value"] > 0) & ~(rhat > max_rhat) & ~(n_eff < min_ess)
     df["plateau"] = False
     df["recommended"] = False
     best: tuple[int, float, list] | None = None  # (length, -spread, cells)
@@ -94,13 +94,13 @@ def _mark_plateau(df: pd.DataFrame, rel_tol: float, max_rhat: float, min_ess: fl
         return
     pick = best[2][-1]
     df.at[pick, "recommended"] = True
-    df.attrs["recommendation"] = {k: df.at[pick, k] for k in ("epsilon", "nbeta", "gamma", "llc_mean", "llc_std")}
+    df.attrs["recommendation"] = {k: df.at[pick, k] for k in ("epsilon", "nbeta", "gamma", "value", "std")}
 
 
 def _longest_band(group: pd.DataFrame, rel_tol: float) -> tuple[int, float, list] | None:
     """The longest run (>= 2 cells) of consecutive healthy cells whose estimates fit in the band."""
-    values = group["llc_mean"].to_numpy()
-    ses = group["llc_se"].fillna(0.0).to_numpy() if "llc_se" in group else np.zeros(len(group))
+    values = group["value"].to_numpy()
+    ses = group["se"].fillna(0.0).to_numpy() if "se" in group else np.zeros(len(group))
     healthy = group["healthy"].to_numpy()
     best = None
     for i in range(len(group)):
@@ -129,19 +129,19 @@ def plot_calibration(df: pd.DataFrame, path: str | Path) -> Path:
         group = group.sort_values("epsilon")
         ok = group[group["status"] == "ok"]
         label = f"nβ={nbeta:g}, γ={gamma:g}"
-        line = ax_llc.errorbar(ok["epsilon"], ok["llc_mean"], yerr=ok["llc_std"], marker="o", capsize=3, label=label)
+        line = ax_llc.errorbar(ok["epsilon"], ok["value"], yerr=ok["std"], marker="o", capsize=3, label=label)
         color = line[0].get_color()
         plateau = ok[ok["plateau"]]
-        ax_llc.scatter(plateau["epsilon"], plateau["llc_mean"], s=120, facecolors="none", edgecolors=color)
+        ax_llc.scatter(plateau["epsilon"], plateau["value"], s=120, facecolors="none", edgecolors=color)
         bad = group[group["status"] != "ok"]
         if len(bad):
-            low = ok["llc_mean"].min() if len(ok) else 0.0
+            low = ok["value"].min() if len(ok) else 0.0
             ax_llc.scatter(bad["epsilon"], [low] * len(bad), marker="x", color=color, s=60)
         if "mala_accept" in ok:
             ax_acc.plot(ok["epsilon"], ok["mala_accept"], marker="o", color=color, label=label)
     rec = df[df["recommended"]]
     if len(rec):
-        ax_llc.scatter(rec["epsilon"], rec["llc_mean"], marker="*", s=300, color="gold", edgecolors="k",
+        ax_llc.scatter(rec["epsilon"], rec["value"], marker="*", s=300, color="gold", edgecolors="k",
                        zorder=5, label="recommended")
     for ax in (ax_llc, ax_acc):
         ax.set_xscale("log")

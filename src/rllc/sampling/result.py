@@ -33,16 +33,28 @@ class LLCEstimate:
     hyperparameters: dict[str, Any]
     diagnostics: dict[str, Any] = field(repr=False)
 
+    @property
+    def value(self) -> float:
+        """The estimate (the mean over chains): `value` and `se` are what every estimate offers (rows, the store,
+        curvature estimates)."""
+        return self.mean
+
+    @property
+    def se(self) -> float:
+        """Its standard error (diagnostics["se"]: of the paired or standard estimator, see docs/llc.md)."""
+        return self.diagnostics["se"]
+
     def to_row(self) -> dict[str, Any]:
-        """One flat row for a tidy table: the estimate, its hyperparameters and scalar diagnostics."""
+        """One flat row for a tidy table: the estimate (`value`, its standard error `se`, the across-chain `std`),
+        its hyperparameters and scalar diagnostics; with both estimators, `standard_value`, `paired_se`, ..."""
         d = self.diagnostics
         row = {
             "component": self.component,
             "n_coords": self.n_coords,
             "estimator": d["estimator"],
-            "llc_mean": self.mean,
-            "llc_std": self.std,
-            "llc_se": d["se"],
+            "value": self.mean,
+            "std": self.std,
+            "se": d["se"],
             "init_loss": self.init_loss,
             **self.hyperparameters,
             "rhat": d["rhat"],
@@ -56,7 +68,7 @@ class LLCEstimate:
         for name in ("standard", "paired"):
             if name in d:
                 for key in ("mean", "std", "se"):
-                    row[f"llc_{name}_{key}"] = d[name][key]
+                    row[f"{name}_{'value' if key == 'mean' else key}"] = d[name][key]
         return row
 
 
