@@ -1,6 +1,6 @@
 """Clustering of per-head trajectories on planted groups.
 
-The planted data (`rllc.analysis.demo_data.planted_results`): 4 groups of 7
+The planted data (`rllc.analysis.synthetic.planted_results`): 4 groups of 7
 heads (an early peak, a late sigmoid rise, an early fall, a late trough) with
 different scales (amplitudes 15-120), critical points moved by N(0, 0.02)
 decades per head, amplitudes ×U(0.75, 1.25) per head and 3% Gaussian noise,
@@ -22,7 +22,7 @@ from rllc.analysis.cluster import (
     sbd_matrix,
     subdivision_tree,
 )
-from rllc.analysis.demo_data import planted_results
+from rllc.analysis.synthetic import planted_results
 from rllc.analysis.trajectories import AnalysisError
 
 KS = range(2, 8)

@@ -15,7 +15,7 @@ from rllc.analysis.compare import (
     rank_correlations,
     series_correlations,
 )
-from rllc.analysis.demo_data import demo_results, log_schedule
+from rllc.analysis.synthetic import demo_results, log_schedule
 
 HEADS = [f"{layer}:{h}" for layer in range(2) for h in range(6)]
 STEPS = [0, 100, 1000, 10000]

@@ -14,7 +14,7 @@ import pytest
 
 from rllc.analysis.compare import stage_boundaries, stages_of
 from rllc.analysis.critical import Smoothing, align_events, critical_points, critical_points_table, smooth_curve
-from rllc.analysis.demo_data import log_schedule, planted_results
+from rllc.analysis.synthetic import log_schedule, planted_results
 from rllc.analysis.trajectories import AnalysisError
 
 TOL = {"peak": 0.03, "trough": 0.03, "rise": 0.07, "fall": 0.07}

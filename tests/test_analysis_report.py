@@ -13,7 +13,7 @@ import pytest
 
 from rllc import cli as rllc_cli
 from rllc.analysis import cli
-from rllc.analysis.demo_data import demo_config, demo_results, log_schedule
+from rllc.analysis.synthetic import demo_config, demo_results, log_schedule
 from rllc.analysis.report import build_report, diagnostics_table
 
 pytestmark = pytest.mark.slow  # the module's fixture alone takes 10-35 s on 2 cores

@@ -145,6 +145,7 @@ def test_layers_import_only_downward():
 def test_old_paths_forward_with_a_warning():
     """One public path per function: the old ones hand out the same object and warn (for one release)."""
     import rllc.analysis
+    import rllc.analysis.synthetic
     import rllc.results
     import rllc.study.demo
     import rllc.study.findings
@@ -154,7 +155,8 @@ def test_old_paths_forward_with_a_warning():
                            ("rllc.runs", rllc.results, "load_results"),
                            ("rllc.demo", rllc.study.demo, "run_demo"),
                            ("rllc.analysis.findings", rllc.study.findings, "study_findings"),
-                           ("rllc.analysis", rllc.study.findings, "StudyFindings")):
+                           ("rllc.analysis", rllc.study.findings, "StudyFindings"),
+                           ("rllc.analysis.demo_data", rllc.analysis.synthetic, "planted_results")):
         module = importlib.import_module(old)
         with pytest.warns(DeprecationWarning, match=f"use {new.__name__}.{name}"):
             assert getattr(module, name) is getattr(new, name)

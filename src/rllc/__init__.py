@@ -2,6 +2,10 @@
 
 Names are imported lazily so `rllc --help` and `import rllc.data` do not pay
 for torch/transformer-lens start-up until a model is needed.
+
+The architecture (data flowing one way: load → estimate → store → cluster/compare
+→ report; the layers and what each may import; the contracts between them) is
+docs/design.md; tests/test_layout.py checks it.
 """
 
 import importlib

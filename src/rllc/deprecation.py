@@ -4,7 +4,8 @@
     __getattr__ = forward("rllc.cluster", "rllc.analysis")
 
 Each name taken from the old module raises a DeprecationWarning naming the new path, then returns the
-object itself (the same class or function, so isinstance checks and identity hold).
+object itself (the same class or function, so isinstance checks and identity hold). The list of old paths
+is in docs/design.md.
 """
 
 from __future__ import annotations

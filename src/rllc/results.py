@@ -5,7 +5,8 @@ and analysis.
     RUN_DIR/traces/*.npz     arrays behind rows: SGLD loss traces (llc), per-token susceptibilities
 
 This module imports no torch: `rllc cluster`, `rllc compare`, `rllc report` and a researcher's notebook read
-a finished run with numpy, pandas and sqlite3 alone (a test checks it). The runner writes through
+a finished run with numpy, pandas and sqlite3 alone (a test checks it). The store's guarantees are in
+docs/design.md ("Contracts"). The runner writes through
 `rllc.runs.store`, which takes its schema, columns and connection from here.
 """
 

@@ -9,7 +9,7 @@ geometry against behaviour, figures and the HTML report.
     outputs.py       tables and figures of `rllc cluster` / `rllc compare` written to a directory
     report.py        the self-contained HTML report and its diagnostics section
     cli.py           `register(subparsers)` for the verbs cluster, compare, report
-    demo_data.py     synthetic results tables (planted groups; a demo run) for tests and examples
+    synthetic.py     synthetic results tables (planted groups; a demo-like run) for tests and examples
 
 Every library function takes the results DataFrame of `rllc.load_results`
 (plus options). See docs/analysis.md.
