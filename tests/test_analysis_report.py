@@ -37,7 +37,7 @@ def report(demo, tmp_path_factory):
         fake_run(mp, demo)
         args = ["report", str(run), "--algorithms", "kmeans,ward,kshape", "--k-max", "6"]
         for key in COMPARED:
-            args += ["--compare-signal", key]
+            args += ["--compare-key", key]
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             assert rllc_cli.main(args) == 0  # the `rllc` command: its report carries the demo study's findings
@@ -100,14 +100,14 @@ def test_cli_cluster_and_compare_write_into_run_dir(monkeypatch, tmp_path, capsy
     fake_run(monkeypatch, demo)
     run = tmp_path / "run"
     assert cli.main(["cluster", str(run), "--algorithms", "ward", "--k-max", "5", "--per-layer",
-                     "--signal", "llc@prose", "--signal", "llc@code"]) == 0
+                     "--key", "llc@prose", "--key", "llc@code"]) == 0
     out = capsys.readouterr().out
     assert "layer 0: 8 heads, llc@prose ‖ llc@code" in out and out.strip().endswith(str(run / "analysis" / "cluster"))
     assert "left out" not in out
     metrics = pd.read_csv(run / "analysis" / "cluster" / "cluster_metrics.csv")
     assert set(metrics["scope"]) == {"layer 0", "layer 1"} and metrics["k"].max() == 5
-    assert cli.main(["compare", str(run), "--out", str(tmp_path / "cmp"), "--signal", "llc@prose",
-                     "--signal", "induction", "--signal", "participation_ratio", "--smoothing", "savgol",
+    assert cli.main(["compare", str(run), "--out", str(tmp_path / "cmp"), "--key", "llc@prose",
+                     "--key", "induction", "--key", "participation_ratio", "--smoothing", "savgol",
                      "--width", "0.2"]) == 0
     series = pd.read_csv(tmp_path / "cmp" / "correlations_series.csv")
     assert len(series) == 3
@@ -117,12 +117,12 @@ def test_cli_cluster_and_compare_write_into_run_dir(monkeypatch, tmp_path, capsy
     descended.loc[(descended["step"] == first) & (descended["signal"] == "llc"), "value"] = -5.0
     fake_run(monkeypatch, descended)
     assert cli.main(["cluster", str(run), "--algorithms", "ward", "--k-max", "5",
-                     "--signal", "llc@prose", "--signal", "llc@code"]) == 0
+                     "--key", "llc@prose", "--key", "llc@code"]) == 0
     assert f"left out: step(s) {int(first)} (median head LLC < 0" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "cmp" / "critical_points.csv")["smoothing"].str.startswith("savitzky-golay").all()
     assert cli.main(["cluster", str(run), "--list-signals"]) == 0
     assert "llc@code" in capsys.readouterr().out
-    assert cli.main(["cluster", str(run), "--signal", "no-such-signal"]) == 2
+    assert cli.main(["cluster", str(run), "--key", "no-such-signal"]) == 2
     assert "no signal matches 'no-such-signal'" in capsys.readouterr().err
 
 
@@ -132,9 +132,9 @@ def test_register_adds_the_three_verbs():
     parser = argparse.ArgumentParser(prog="rllc")
     sub = parser.add_subparsers(dest="command")
     cli.register(sub)
-    args = parser.parse_args(["report", "RUN", "--cluster-signal", "llc@code", "--compare-signal", "induction",
+    args = parser.parse_args(["report", "RUN", "--cluster-key", "llc@code", "--compare-key", "induction",
                               "--log-time", "--k", "3"])
-    assert args.func is cli.cmd_report and args.cluster_signals == ["llc@code"] and args.k == 3
+    assert args.func is cli.cmd_report and args.cluster_keys == ["llc@code"] and args.k == 3
     assert parser.parse_args(["compare", "RUN"]).func is cli.cmd_compare
     with pytest.raises(SystemExit):
         parser.parse_args(["cluster", "RUN", "--algorithms", "kmeans,spectral"])

@@ -205,3 +205,29 @@ def test_a_store_from_before_the_se_column_loads_and_is_migrated_on_write(tmp_pa
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         assert "se" in result_columns(conn) and "spread" not in result_columns(conn)
     assert load_results(tmp_path).loc[0, "se"] == 0.25
+
+
+def test_old_flags_still_parse_with_a_warning(capsys):
+    """Flags are named after the keywords they feed; the old names work for one release, with a warning line on
+    stderr, and land in the same place."""
+    from rllc.cli import build_parser
+
+    parser = build_parser()
+    old = parser.parse_args(["cluster", "RUN", "--signal", "a", "--signal", "b", "--normalise", "minmax",
+                             "--points", "5", "--linear-x"])
+    new = parser.parse_args(["cluster", "RUN", "--key", "a", "--key", "b", "--normalisation", "minmax",
+                             "--n-points", "5", "--no-log-x"])
+    for name in ("cluster_keys", "normalisation", "n_points", "log_x"):
+        assert getattr(old, name) == getattr(new, name), name
+    assert new.cluster_keys == ["a", "b"] and new.log_x is False
+    old = parser.parse_args(["compare", "RUN", "--reference", "x", "--stage-signal", "y"])
+    assert old.reference_keys == ["x"] and old.stage_key == "y"
+    old = parser.parse_args(["report", "RUN", "--cluster-signal", "a", "--compare-signal", "b"])
+    assert old.cluster_keys == ["a"] and old.compare_keys == ["b"]
+    assert parser.parse_args(["estimate", "CKPT", "--precision", "bf16"]).compute_dtype == "bf16"
+    err = capsys.readouterr().err
+    for flag, new_flag in (("--signal", "--key"), ("--normalise", "--normalisation"), ("--points", "--n-points"),
+                           ("--linear-x", "--no-log-x"), ("--reference", "--reference-key"),
+                           ("--stage-signal", "--stage-key"), ("--cluster-signal", "--cluster-key"),
+                           ("--compare-signal", "--compare-key"), ("--precision", "--compute-dtype")):
+        assert f"warning: {flag} is deprecated and will be removed in the next release; use {new_flag}" in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,15 +37,19 @@ def forward(old: str, new: str, names: Iterable[str] | None = None) -> Callable[
 
 
 class DeprecatedFlag(argparse.Action):
-    """An old command-line flag kept for one release beside its new name: it warns (FutureWarning, shown to
-    users by default) and stores into the new flag's dest: `const` for a flag without a value (nargs=0),
-    else the value. Register it with help=argparse.SUPPRESS so that --help shows the new name only."""
+    """An old command-line flag kept for one release beside its new name: it prints one warning line to stderr
+    (`rllc cluster: warning: --normalise is deprecated ...; use --normalisation`, as argparse of Python 3.13
+    does for deprecated options) and stores into the new flag's dest: `const` for a flag without a value
+    (nargs=0), else the value (appended, with append=True, for a repeatable flag). Register it with
+    help=argparse.SUPPRESS so that --help shows the new name only."""
 
-    def __init__(self, option_strings, dest, *, new: str, nargs=None, const=None, **kwargs):
-        self.new = new
+    def __init__(self, option_strings, dest, *, new: str, nargs=None, const=None, append: bool = False, **kwargs):
+        self.new, self.append = new, append
         super().__init__(option_strings, dest, nargs=nargs, const=const, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        warnings.warn(f"{option_string} is deprecated and will be removed in the next release; use {self.new}",
-                      FutureWarning, stacklevel=2)
+        print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; use "
+              f"{self.new}", file=sys.stderr)
+        if self.append:
+            values = [*(getattr(namespace, self.dest, None) or []), values]
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)

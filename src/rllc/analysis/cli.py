@@ -48,11 +48,18 @@ def _algorithms(text: str) -> list[str]:
     return names
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser, signal_flag: str = "--signal") -> None:
+def _add_keys(g, flag: str, old: str, dest: str, help: str) -> None:
+    """A repeatable signal-key flag named after the keyword it feeds, and its old name (deprecated)."""
+    g.add_argument(flag, dest=dest, action="append", metavar="KEY", help=help)
+    g.add_argument(old, dest=dest, action=DeprecatedFlag, new=flag, append=True, help=argparse.SUPPRESS)
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The clustering flags; `prefix` "cluster-" names the key flag --cluster-key (rllc report: cluster_keys)."""
     g = p.add_argument_group("clustering")
-    g.add_argument(signal_flag, dest="cluster_signals", action="append", metavar="KEY",
-                   help="signal key to cluster, e.g. llc@prose (repeat to concatenate several, each normalised "
-                        "on its own; default: the per-head llc curves of every dataset)")
+    _add_keys(g, f"--{prefix}key", f"--{prefix or ''}signal", "cluster_keys",
+              "signal key to cluster, e.g. llc@prose (repeat to concatenate several, each normalised on its own; "
+              "default: the per-head llc curves of every dataset)")
     g.add_argument("--algorithms", type=_algorithms, default=list(ALGORITHM_CHOICES), metavar="LIST",
                    help="comma-separated: kmeans, ward, kshape, dtw (default: all four)")
     g.add_argument("--k-min", type=int, default=2, help="smallest k (default: 2)")
@@ -77,10 +84,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser, signal_flag: str = "--sign
     g.add_argument("--seed", type=int, default=0, help="seed of every algorithm (default: 0)")
 
 
-def add_compare_arguments(p: argparse.ArgumentParser, signal_flag: str = "--signal") -> None:
+def add_compare_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The comparison flags; `prefix` "compare-" names the key flag --compare-key (rllc report: compare_keys)."""
     g = p.add_argument_group("comparison")
-    g.add_argument(signal_flag, dest="compare_signals", action="append", metavar="KEY",
-                   help="signal key to compare (repeat; default: every per-head signal)")
+    _add_keys(g, f"--{prefix}key", f"--{prefix or ''}signal", "compare_keys",
+              "signal key to compare (repeat; default: every per-head signal)")
     g.add_argument("--method", choices=["spearman", "kendall"], default="spearman",
                    help="rank correlation (default: spearman)")
     g.add_argument("--min-heads", type=int, default=5, help="fewest heads for a correlation (default: 5)")
@@ -99,10 +107,12 @@ def add_compare_arguments(p: argparse.ArgumentParser, signal_flag: str = "--sign
                    help="least size of any critical point in units of the curve's noise level (default: 3)")
     g.add_argument("--max-lag", type=float, default=0.5,
                    help="widest alignment of two events, in decades of log-step (default: 0.5)")
-    g.add_argument("--reference", action="append", metavar="KEY",
-                   help="signal whose events the others are aligned to (repeat; default: the per-head llc keys)")
-    g.add_argument("--stage-signal", metavar="KEY",
+    _add_keys(g, "--reference-key", "--reference", "reference_keys",
+              "signal whose events the others are aligned to (repeat; default: the per-head llc keys)")
+    g.add_argument("--stage-key", metavar="KEY",
                    help="full-model curve for the stages (default: the model-level llc with most steps)")
+    g.add_argument("--stage-signal", dest="stage_key", action=DeprecatedFlag, new="--stage-key",
+                   help=argparse.SUPPRESS)
 
 
 def _add_log_x(p: argparse.ArgumentParser) -> None:
@@ -155,8 +165,8 @@ def register(subparsers, report_sections=None) -> None:
     p.add_argument("--no-findings", action="store_true",
                    help="leave out the demo study's Findings section (default: computed from the results, "
                         "RUN_DIR/timings.json and RUN_DIR/seed_noise, shown when the run has their inputs)")
-    add_cluster_arguments(p, "--cluster-signal")
-    add_compare_arguments(p, "--compare-signal")
+    add_cluster_arguments(p, "cluster-")
+    add_compare_arguments(p, "compare-")
     p.set_defaults(func=cmd_report, report_sections=report_sections)
 
 
@@ -173,7 +183,7 @@ def _compare_options(args) -> dict:
     return dict(method=args.method, min_heads=args.min_heads, pairs=None if args.pairs == "none" else args.pairs,
                 smoothing=Smoothing(args.smoothing, args.width), prominence=args.prominence,
                 slope_prominence=args.slope_prominence, noise_factor=args.noise_factor, max_lag=args.max_lag,
-                reference_keys=args.reference, stage_key=args.stage_signal, log_x=args.log_x)
+                reference_keys=args.reference_keys, stage_key=args.stage_key, log_x=args.log_x)
 
 
 def _list_signals(df) -> int:
@@ -190,7 +200,7 @@ def cmd_cluster(args) -> int:
     if args.list_signals:
         return _list_signals(df)
     out = Path(args.out) if args.out else Path(args.run_dir) / "analysis" / "cluster"
-    results, written = write_cluster(df, out, args.cluster_signals, **_cluster_options(args))
+    results, written = write_cluster(df, out, args.cluster_keys, **_cluster_options(args))
     for r in results:
         chosen = ", ".join(f"{a} k={k}" for a, k in r.chosen.items())
         print(f"{r.scope}: {len(r.heads)} heads, {' ‖ '.join(r.trajectories.keys)}: {chosen}")
@@ -208,7 +218,7 @@ def cmd_compare(args) -> int:
     if args.list_signals:
         return _list_signals(df)
     out = Path(args.out) if args.out else Path(args.run_dir) / "analysis" / "compare"
-    result, written = write_compare(df, out, args.compare_signals, **_compare_options(args))
+    result, written = write_compare(df, out, args.compare_keys, **_compare_options(args))
     stages = ", ".join(f"{r.boundary} at {r.end:.0f}" for r in result.stages.itertuples() if r.boundary)
     print(f"{len(result.keys)} signals compared; {len(result.points)} critical points; "
           f"stage boundaries: {stages or 'none'}")
@@ -234,8 +244,8 @@ def cmd_report(args) -> int:
         sections, more = args.report_sections(df, args.run_dir, out, seed=cluster_options.get("seed", 0))
         notes += more
     token_view = susceptibility_arrays(args.run_dir, df)
-    path = build_report(df, config, out, title=title, cluster_keys=args.cluster_signals,
-                        cluster_options=cluster_options, compare_keys=args.compare_signals,
+    path = build_report(df, config, out, title=title, cluster_keys=args.cluster_keys,
+                        cluster_options=cluster_options, compare_keys=args.compare_keys,
                         compare_options=compare_options, rhat_max=args.rhat_max, ess_min=args.ess_min,
                         notes=notes, sections=sections, token_view=token_view,
                         calibration=calib if (calib := Path(args.run_dir) / "calibration").is_dir() else None)
