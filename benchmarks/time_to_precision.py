@@ -2,6 +2,9 @@
 
     python benchmarks/time_to_precision.py checkpoints/demo [--seeds 3] [--draws 400] [--devinterp-draws 150]
 
+Methods: rllc with each sampler (sgld, rmsprop) and SGLD with antithetic chain pairs (`sgld+antithetic`:
+settings.antithetic, the odd chain's noise the negative of its partner's), devinterp with each sampler.
+
 What a researcher pays for is the wall time until the per-head estimates are precise enough to compare
 heads, not the time per step. One run measures it, for rllc and devinterp 2.0.1, each with each of its
 samplers (plain SGLD and RMSProp-preconditioned SGLD), on the demo's last checkpoint and its training
@@ -204,7 +207,7 @@ def main() -> None:
 
     runs = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() and not args.fresh else {}
     runs = {k: v for k, v in runs.items() if v.get("key") == key}
-    methods = [("rllc", "sgld"), ("rllc", "rmsprop")]
+    methods = [("rllc", "sgld"), ("rllc", "rmsprop"), ("rllc", "sgld+antithetic")]
     if not args.skip_devinterp:
         methods += [("devinterp", "sgld"), ("devinterp", "rmsprop")]
     for seed in range(args.seeds):
@@ -216,7 +219,8 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 if tool == "rllc":
-                    result = run_rllc(model, batches, sampler, seed, args.draws)
+                    base, *options = sampler.split("+")  # "sgld+antithetic": SGLD with antithetic chain pairs
+                    result = run_rllc(model, batches, base, seed, args.draws, **{o: True for o in options})
                 else:
                     result = run_devinterp(model, hf, batches, sampler, seed, args.devinterp_draws)
             except ChainDivergedError as e:

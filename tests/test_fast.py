@@ -102,7 +102,8 @@ def test_causal_attention_kernels_agree(monkeypatch, max_t, block):
 
 
 @pytest.mark.parametrize("options", [dict(paired=True), dict(weight_decay=20.0, bounding_box=0.02),
-                                     dict(burn_in=3, chain_seeds=[100, 101])])
+                                     dict(burn_in=3, chain_seeds=[100, 101]), dict(antithetic=True, chains=4),
+                                     dict(antithetic=True, sampler="rmsprop")])
 def test_options_match_the_generic_path(setup, options):
     model, data = setup
     sweep = estimate_llcs(model, data, ["0:1", "1:3"], **{**KW, "draws": 12, **options})

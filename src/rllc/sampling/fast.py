@@ -63,7 +63,7 @@ from rllc.sampling.data import reference_losses
 from rllc.sampling.observables import TokenLossObserver
 from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings
-from rllc.sampling.update import ChainBlock, accumulator
+from rllc.sampling.update import ChainBlock, accumulator, noise_streams
 
 CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
 # Longest context at which `_causal_attention` uses explicit batched matmuls on CPU. Measured on this project's
@@ -514,7 +514,8 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
     groups = [_LayerGroup(model, layer, heads, s) for layer, heads in sorted(by_layer.items())]
     last = cfg.n_layers - 1
     last_heads = next((g.heads for g in groups if g.layer == last), [])
-    generators = [torch.Generator(device=model.unembed.W_U.device).manual_seed(seed) for seed in seeds]
+    noise_seeds, negate = noise_streams(seeds, s.antithetic)
+    generators = [torch.Generator(device=model.unembed.W_U.device).manual_seed(seed) for seed in noise_seeds]
     shapes = [getattr(model.blocks[0].attn, p).shape for p in HEAD_PARAMS]
     dtype = model.unembed.W_U.dtype
 
@@ -539,6 +540,7 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
             # One full-shape draw per parameter per chain, in model parameter order (the kernel's contract).
             noise = [[torch.randn(shape, generator=g, dtype=dtype, device=g.device) for shape in shapes]
                      for g in generators]
+            noise = [[x.neg_() for x in draws] if flip else draws for draws, flip in zip(noise, negate)]
         for group in groups:
             layer, block = group.layer, group.block
             if observer is not None and observer.wants(t):

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from rllc.models.components import Component
 from rllc.sampling.settings import SGLDSettings, split_settings
-from rllc.sampling.update import ChainBlock
+from rllc.sampling.update import ChainBlock, noise_streams
 
 
 def chain_seed(seed: int, chain: int) -> int:
@@ -80,7 +80,8 @@ class ProjectedSGLD:
                       for p, i in zip(self._params, self._index)]
         self.block = ChainBlock(w_star, settings, [(component.name, c) for c in range(len(chain_seeds))])
         device = self._params[0].device
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in chain_seeds]
+        noise_seeds, self._negate = noise_streams(chain_seeds, settings.antithetic)
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in noise_seeds]
         self.steps = [0] * len(chain_seeds)
         self._saved = None
         self._loaded: object = _STALE  # which chain's coordinates the model holds (None: w*)
@@ -155,6 +156,8 @@ class ProjectedSGLD:
             noise = []
             for p, i in zip(self._params, self._index):
                 full = torch.randn(p.shape, generator=self.generators[chain], dtype=p.dtype, device=p.device)
+                if self._negate[chain]:
+                    full = full.neg_()
                 noise.append((full if i is None else full[i]).unsqueeze(0))
         sq_dist, log_accept = self.block.step(rows, grads, noise, [loss_value], loss_offset, t)
         self.steps[chain] += 1

@@ -80,7 +80,8 @@ def assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray,
                                              settings.paired)
     steps = burn_in + draws
     trace = losses[:, burn_in:]
-    standard = _summarize(nbeta * (trace - init_loss))
+    pairs = settings.antithetic
+    standard = _summarize(nbeta * (trace - init_loss), pairs)
     diagnostics: dict[str, Any] = {
         "estimator": "paired" if paired else "standard",
         "standard": standard,
@@ -97,7 +98,7 @@ def assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray,
         "seconds_per_step": seconds / (steps * chains),
     }
     diagnostics["mala_accept"] = float(np.mean(diagnostics["mala_accept_per_chain"]))
-    diagnostics["paired"] = paired_summary = _summarize(nbeta * (trace - ref[None, burn_in:]))
+    diagnostics["paired"] = paired_summary = _summarize(nbeta * (trace - ref[None, burn_in:]), pairs)
     diagnostics["loss_at_w_star_trace"] = ref[burn_in:]
     chosen = paired_summary if paired else standard
     diagnostics.update(rhat=chosen["rhat"], ess=chosen["ess"], ess_tail=chosen["ess_tail"], se=chosen["se"],
@@ -110,14 +111,16 @@ def assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray,
                        diagnostics=diagnostics)
 
 
-def _summarize(draw_values: np.ndarray) -> dict[str, Any]:
+def _summarize(draw_values: np.ndarray, pairs: bool = False) -> dict[str, Any]:
     """Estimate, spreads and ArviZ diagnostics from per-draw values nbeta*(L - reference), [chains, draws].
 
     `se` is the Monte Carlo standard error of the mean of all draws (arviz-stats' MCSE, which accounts
-    for autocorrelation within chains and differences between them).
+    for autocorrelation within chains and differences between them). With antithetic pairs (`pairs`) the
+    chains of a pair are not independent: se, R-hat and ESS are those of the pair means [chains / 2, draws]
+    (a single pair: split R-hat and the MCSE of its one series), the units that are independent.
     """
     per_chain = draw_values.mean(axis=1)
-    summary = trace_summary(draw_values)
+    summary = trace_summary((draw_values[0::2] + draw_values[1::2]) / 2 if pairs else draw_values)
     return {
         "mean": float(per_chain.mean()),
         "std": float(per_chain.std(ddof=1)) if per_chain.size > 1 else math.nan,

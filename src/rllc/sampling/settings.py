@@ -84,6 +84,12 @@ class SGLDSettings:
     noise_level: float = setting(1.0, "standard deviation of the injected noise (1: SGLD; other values temper the "
                                       "chains and void the posterior guarantee; devinterp's noise_level)",
                                  _positive, "positive", hash="if_changed", kind=(int, float))
+    antithetic: bool = setting(False, "pair the chains (0, 1), (2, 3), ...: the odd chain's injected noise is the "
+                                      "negative of the even chain's (antithetic variates). Each chain is still an "
+                                      "exact SGLD chain, so the estimate is unbiased; in a pair's mean the loss "
+                                      "terms of first order in the noise cancel. Standard error, R-hat and ESS are "
+                                      "computed over pair means. Needs an even number of chains",
+                               hash="if_changed")
     max_loss_increase: float | None = setting(None, "a draw whose loss exceeds L(w*) by more than this stops "
                                                     "the estimate as diverged (none: 10 * max(1, |L(w*)|))",
                                               lambda x: x is None or x > 0, "positive or none", hash="if_changed",
@@ -102,6 +108,8 @@ class SGLDSettings:
                 raise ValueError(f"{f.name} must be {meta['rule']}, got {value!r}")
             if float in kinds and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))  # one canonical type for hashing
+        if self.antithetic and self.chains % 2:
+            raise ValueError(f"antithetic pairs the chains: chains must be even, got {self.chains}")
 
     # --- derived views -----------------------------------------------------------------------
 
