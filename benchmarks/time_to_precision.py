@@ -290,8 +290,10 @@ def report(runs, methods, names, g, head_sd, args) -> None:
         if theirs is None or math.isinf(mine[0]):
             continue
         if math.isinf(theirs[0]):
+            # a lower bound: every devinterp variant ran at least this long without reaching the target
+            shortest = min(seconds for _, _, seconds in best[(t, "devinterp")])
             print(f"target sd/{t}: rllc's best ({mine[1]}) {mine[0]:.1f} s; no devinterp variant reached it "
-                  f"(> {theirs[2]:.0f} s): > {theirs[2] / mine[0]:.0f}x")
+                  f"(each ran >= {shortest:.0f} s): > {shortest / mine[0]:.1f}x")
         else:
             print(f"target sd/{t}: rllc's best ({mine[1]}) {mine[0]:.1f} s vs devinterp's best ({theirs[1]}) "
                   f"{theirs[0]:.1f} s: {theirs[0] / mine[0]:.1f}x")
