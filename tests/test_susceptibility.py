@@ -178,3 +178,24 @@ def test_bif_equals_devinterps_on_the_same_draws(small):
                              batch_index_range_2=range(2, 5), device="cpu")
         np.testing.assert_allclose(ours.values, theirs["influences"].values, rtol=2e-4, atol=2e-6)
         assert ours.se.shape == ours.values.shape and np.all(np.isfinite(ours.se))
+
+
+def test_antithetic_pairs_take_their_standard_errors_over_pair_means(small):
+    """With antithetic chain pairs the two chains of a pair are not independent: the susceptibilities' and the
+    BIF's standard errors are the spread of the pair means (as the LLC's are), not of the chains."""
+    from rllc.sampling.susceptibility import FULL, _chain_values
+
+    model, data, probes = small
+    kw = dict(SGLD, chains=4, antithetic=True)
+    res = susceptibilities(model, data, probes, sampling_probe="train", components=["0:1"], seed=0, **kw)
+    obs = TokenLossObserver(probes, sampling="train", burn_in=SGLD["burn_in"])
+    estimate_llcs(model, data, ["0:1", FULL], observer=obs, seed=0, **kw)  # the same chains again
+    per_chain = _chain_values(obs, "0:1", "code", res.init_loss)
+    pairs = (per_chain[0::2] + per_chain[1::2]) / 2
+    np.testing.assert_allclose(res.se["0:1"]["code"], pairs.std(axis=0, ddof=1) / np.sqrt(2), rtol=1e-10)
+    means = pairs.mean(axis=(1, 2))
+    assert res.mean_se["0:1"]["code"] == pytest.approx(means.std(ddof=1) / np.sqrt(2), rel=1e-10)
+    influence = bif(model, data, probes["code"], probes["train"], component="1:0", **kw)
+    assert np.all(np.isfinite(influence.se))
+    with pytest.raises(ValueError, match="chains must be even"):
+        susceptibilities(model, data, probes, sampling_probe="train", components=["0:1"], **dict(kw, chains=3))

@@ -111,6 +111,13 @@ def assemble(*, losses: np.ndarray, sq_dist: np.ndarray, log_accept: np.ndarray,
                        diagnostics=diagnostics)
 
 
+def independent_chains(per_chain: np.ndarray, antithetic: bool) -> np.ndarray:
+    """The independent replicates among per-chain values [chains, ...]: the chains themselves, or with
+    antithetic pairs (settings.antithetic) the pair means [chains / 2, ...]; every spread-based standard
+    error and R-hat is taken over these."""
+    return (per_chain[0::2] + per_chain[1::2]) / 2 if antithetic else per_chain
+
+
 def _summarize(draw_values: np.ndarray, pairs: bool = False) -> dict[str, Any]:
     """Estimate, spreads and ArviZ diagnostics from per-draw values nbeta*(L - reference), [chains, draws].
 
@@ -120,7 +127,7 @@ def _summarize(draw_values: np.ndarray, pairs: bool = False) -> dict[str, Any]:
     (a single pair: split R-hat and the MCSE of its one series), the units that are independent.
     """
     per_chain = draw_values.mean(axis=1)
-    summary = trace_summary((draw_values[0::2] + draw_values[1::2]) / 2 if pairs else draw_values)
+    summary = trace_summary(independent_chains(draw_values, pairs))
     return {
         "mean": float(per_chain.mean()),
         "std": float(per_chain.std(ddof=1)) if per_chain.size > 1 else math.nan,

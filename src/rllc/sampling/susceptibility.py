@@ -12,7 +12,8 @@ at w*), per probe token
 (expectations over C's or F's draws, chains pooled). If C is the whole model this is Var(pt) - Cov(pt, l):
 how the component's posterior loss responds to shifting the data distribution towards that token. It is
 computed from streamed sums (``rllc.sampling.observables``), so memory does not grow with the draws; its
-standard error is the spread over sqrt(chains) of the values of chain c of C against chain c of F.
+standard error is the spread over sqrt(chains) of the values of chain c of C against chain c of F (with
+antithetic chain pairs, of the pairs' means: the chains of a pair are not independent).
 
 Bayesian influence function (BIF; Timaeus 2025, devinterp ``compute_bif``): the correlation (or
 covariance) across posterior draws, chains stacked, between the per-token losses of query sequences and
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 from rllc.models.components import Component, ComponentSpec, heads, resolve_component
 from rllc.sampling.llc import estimate_llcs
 from rllc.sampling.observables import ProbeMoments, TokenLossFn, TokenLossObserver
-from rllc.sampling.result import LLCEstimate
+from rllc.sampling.result import LLCEstimate, independent_chains
+from rllc.sampling.settings import SGLDSettings, split_settings
 
 FULL = "model"  # the unrestricted posterior: the reference every susceptibility is centred with
 
@@ -104,6 +106,20 @@ class Susceptibilities:
         return pd.DataFrame(rows)
 
 
+def _settings(estimate_kwargs: Mapping[str, Any]) -> SGLDSettings:
+    """The sampler settings estimate_llcs will use for these keyword arguments (burn-in, chains, pairing)."""
+    given = {k: v for k, v in estimate_kwargs.items() if k in SGLDSettings.names()}
+    return split_settings(given, estimate_kwargs.get("settings"))
+
+
+def _spread_se(per_chain: np.ndarray, antithetic: bool) -> np.ndarray:
+    """Standard error from the spread of per-chain values [chains, ...] over the independent replicates
+    (the chains, or antithetic pairs' means); NaN with a single replicate."""
+    units = independent_chains(per_chain, antithetic)
+    k = units.shape[0]
+    return units.std(axis=0, ddof=1) / np.sqrt(k) if k > 1 else np.full_like(units[0], np.nan)
+
+
 def _chain_values(obs: TokenLossObserver, comp: str, probe: str, init_loss: float) -> np.ndarray:
     """chi of each chain on its own, chain c of the component against chain c of the full model (the
     chains are independent replicates of both samplers, so the spread of these values carries the
@@ -147,8 +163,8 @@ def susceptibilities(
     names = [c.strip() if isinstance(c, str) else c.name for c in comps]
     if FULL in names:
         raise ValueError(f"{FULL!r} is the reference every susceptibility is centred with: leave it out of components")
-    burn_in = estimate_kwargs.get("burn_in", getattr(estimate_kwargs.get("settings"), "burn_in", 0))
-    obs = TokenLossObserver(probes, sampling=sampling_probe, burn_in=burn_in, every=every,
+    settings = _settings(estimate_kwargs)
+    obs = TokenLossObserver(probes, sampling=sampling_probe, burn_in=settings.burn_in, every=every,
                             token_loss_fn=token_loss_fn)
     start = time.perf_counter()
     llc = estimate_llcs(model, data, [*comps, FULL], observer=obs, **estimate_kwargs)
@@ -166,11 +182,8 @@ def susceptibilities(
         for probe in kept:
             values[name][probe] = chi_from_moments(pooled, full, probe, init_loss)
             per_chain = _chain_values(obs, name, probe, init_loss)
-            k = per_chain.shape[0]
-            se[name][probe] = per_chain.std(axis=0, ddof=1) / np.sqrt(k) if k > 1 else np.full_like(
-                per_chain[0], np.nan)
-            means = per_chain.mean(axis=(1, 2))
-            mean_se[name][probe] = float(means.std(ddof=1) / np.sqrt(k)) if k > 1 else float("nan")
+            se[name][probe] = _spread_se(per_chain, settings.antithetic)
+            mean_se[name][probe] = float(_spread_se(per_chain.mean(axis=(1, 2)), settings.antithetic))
     return Susceptibilities(values, se, mean_se, {p: np.asarray(probes[p]) for p in kept}, init_loss,
                             {n: llc[n] for n in [*names, FULL]}, seconds)
 
@@ -214,13 +227,12 @@ def bif(model: nn.Module, data: Iterable, query: Tensor, train: Tensor, *, compo
     component: the weights that move (default: the whole model); estimate_kwargs as for estimate_llcs.
     Memory: one [n_query * (T-1), n_train * (T-1)] sum per chain.
     """
-    burn_in = estimate_kwargs.get("burn_in", getattr(estimate_kwargs.get("settings"), "burn_in", 0))
-    obs = TokenLossObserver({"query": query, "train": train}, cross=("query", "train"), burn_in=burn_in,
+    settings = _settings(estimate_kwargs)
+    obs = TokenLossObserver({"query": query, "train": train}, cross=("query", "train"), burn_in=settings.burn_in,
                             every=every, token_loss_fn=token_loss_fn)
     spec = FULL if component is None else component
     (name, est), = estimate_llcs(model, data, [spec], observer=obs, **estimate_kwargs).items()
     chains = obs.chains(name)
     values = _bif_from_moments(_pooled(chains), "query", "train", correlation)
     per_chain = np.stack([_bif_from_moments(m, "query", "train", correlation) for m in chains])
-    se = per_chain.std(axis=0, ddof=1) / np.sqrt(len(chains)) if len(chains) > 1 else np.full_like(values, np.nan)
-    return BIF(values, se, correlation, est)
+    return BIF(values, _spread_se(per_chain, settings.antithetic), correlation, est)
