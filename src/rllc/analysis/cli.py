@@ -57,7 +57,7 @@ def _add_keys(g, flag: str, old: str, dest: str, help: str) -> None:
 def add_cluster_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """The clustering flags; `prefix` "cluster-" names the key flag --cluster-key (rllc report: cluster_keys)."""
     g = p.add_argument_group("clustering")
-    _add_keys(g, f"--{prefix}key", f"--{prefix or ''}signal", "cluster_keys",
+    _add_keys(g, f"--{prefix}key", f"--{prefix}signal", "cluster_keys",
               "signal key to cluster, e.g. llc@prose (repeat to concatenate several, each normalised on its own; "
               "default: the per-head llc curves of every dataset)")
     g.add_argument("--algorithms", type=_algorithms, default=list(ALGORITHM_CHOICES), metavar="LIST",
@@ -87,7 +87,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def add_compare_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """The comparison flags; `prefix` "compare-" names the key flag --compare-key (rllc report: compare_keys)."""
     g = p.add_argument_group("comparison")
-    _add_keys(g, f"--{prefix}key", f"--{prefix or ''}signal", "compare_keys",
+    _add_keys(g, f"--{prefix}key", f"--{prefix}signal", "compare_keys",
               "signal key to compare (repeat; default: every per-head signal)")
     g.add_argument("--method", choices=["spearman", "kendall"], default="spearman",
                    help="rank correlation (default: spearman)")

@@ -89,15 +89,23 @@ def row(task: Task, component: str, value: float, se: float, seconds: float, dia
                 seconds=float(seconds), diagnostics=jsonable(diagnostics))
 
 
+def _sampler_inputs(task: Task, model: Transformer):
+    """The SGLD settings of a task and its components as the entry point takes them: single heads by name (the
+    batched sweep), anything else resolved on the model."""
+    from rllc.sampling import SGLDSettings
+
+    specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
+             for label in task.components]
+    return SGLDSettings.from_options(task.params), specs
+
+
 def llc_rows(task: Task, model: Transformer, data: list[torch.Tensor], teacher: Transformer | None):
     """All components in one call of the entry point: single heads go through the batched sweep (all heads x
     chains at once), other components, and every component under a teacher, through the generic back-end."""
-    from rllc.sampling import SGLDSettings, estimate_llcs
+    from rllc.sampling import estimate_llcs
 
     p = task.params
-    settings = SGLDSettings.from_options(p)
-    specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
-             for label in task.components]
+    settings, specs = _sampler_inputs(task, model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         estimates = estimate_llcs(model, data, specs, settings=settings, seed=task.seed, teacher=teacher,
@@ -135,13 +143,10 @@ def susceptibility_rows(task: Task, model: Transformer, data: list[torch.Tensor]
     standard error (se);
     the per-token values (and the probe tokens) go beside the store as traces: "<component>|<probe>" and
     "tokens|<probe>". The full model's own values (Var(pt) - Cov(pt, l)) come as component "model"."""
-    from rllc.sampling import SGLDSettings
     from rllc.sampling.susceptibility import susceptibilities
 
     p = task.params
-    settings = SGLDSettings.from_options(p)
-    specs = [label if is_single_head(label) else resolve_component(model, component_spec(label), name=label)
-             for label in task.components]
+    settings, specs = _sampler_inputs(task, model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = susceptibilities(model, data, probes, sampling_probe=SAMPLING_PROBE, components=specs,

@@ -52,9 +52,9 @@ class LLCEstimate:
             "component": self.component,
             "n_coords": self.n_coords,
             "estimator": d["estimator"],
-            "value": self.mean,
+            "value": self.value,
             "std": self.std,
-            "se": d["se"],
+            "se": self.se,
             "init_loss": self.init_loss,
             **self.hyperparameters,
             "rhat": d["rhat"],
@@ -67,8 +67,8 @@ class LLCEstimate:
         }
         for name in ("standard", "paired"):
             if name in d:
-                for key in ("mean", "std", "se"):
-                    row[f"{name}_{'value' if key == 'mean' else key}"] = d[name][key]
+                for column, key in (("value", "mean"), ("std", "std"), ("se", "se")):
+                    row[f"{name}_{column}"] = d[name][key]
         return row
 
 
