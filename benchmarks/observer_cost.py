@@ -19,6 +19,7 @@ from rllc.models.checkpoints import load_checkpoints
 from rllc.runs.datasets import resolve_dataset
 from rllc.sampling import estimate_llcs
 from rllc.sampling.observables import TokenLossObserver
+from susceptibility_speed import probe_sets  # the same probe sets
 
 
 def main() -> None:
@@ -30,10 +31,7 @@ def main() -> None:
     series = load_checkpoints(args.ckpt)
     model = series[args.step].eval()
     sampling = list(resolve_dataset("train", series, batch_size=8, seed=0).batches(50))
-    half = torch.randint(model.cfg.d_vocab, (8, model.cfg.n_ctx // 2), generator=torch.Generator().manual_seed(1))
-    probes = {"train": resolve_dataset("train", series, batch_size=8, seed=1).batches(1)[0],
-              "code": resolve_dataset("code", series, batch_size=8, seed=1).batches(1)[0],
-              "repeated": torch.cat([half, half], 1)}
+    probes = probe_sets(series, model)
     settings = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=2, draws=50, burn_in=0, seed=0)
     for label, comps in (("16 heads", None), ("full model", ["model"])):
         for observer in (None, TokenLossObserver(probes, sampling="train")):

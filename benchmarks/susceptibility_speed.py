@@ -32,6 +32,15 @@ from rllc.runs.datasets import resolve_dataset
 from rllc.sampling.susceptibility import susceptibilities
 
 
+def probe_sets(series, model, batch: int = 8) -> dict[str, torch.Tensor]:
+    """The benchmarks' probe sets, `batch` sequences each: `train` (the sampling distribution's own), `code`,
+    and `repeated` (a random half repeated: devinterp needs full-length rows)."""
+    half = torch.randint(model.cfg.d_vocab, (batch, model.cfg.n_ctx // 2), generator=torch.Generator().manual_seed(1))
+    return {"train": resolve_dataset("train", series, batch_size=batch, seed=1).batches(1)[0],
+            "code": resolve_dataset("code", series, batch_size=batch, seed=1).batches(1)[0],
+            "repeated": torch.cat([half, half], 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default="checkpoints/demo")
@@ -45,10 +54,7 @@ def main() -> None:
     model = series[args.step].eval()
     batch = 8
     sampling = resolve_dataset("train", series, batch_size=batch, seed=0).batches(args.draws)  # [n, 8, 64]
-    half = torch.randint(model.cfg.d_vocab, (batch, model.cfg.n_ctx // 2), generator=torch.Generator().manual_seed(1))
-    probes = {"train": resolve_dataset("train", series, batch_size=batch, seed=1).batches(1)[0],
-              "code": resolve_dataset("code", series, batch_size=batch, seed=1).batches(1)[0],
-              "repeated": torch.cat([half, half], 1)}  # a random half repeated: devinterp needs full-length rows
+    probes = probe_sets(series, model, batch)
     heads = [f"{layer}:{h}" for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     settings = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0, chains=args.chains, draws=args.draws, burn_in=0)
 
