@@ -69,11 +69,13 @@ def test_every_head_matches_the_generic_path(setup):
 
 
 def test_blocked_cross_entropy_matches_the_generic_path(setup, monkeypatch):
-    """The fused cross-entropy works `CE_BLOCK` tokens at a time: uneven blocks change nothing."""
+    """The fused cross-entropy works `CE_BLOCK_ELEMENTS` logits at a time: uneven blocks change nothing."""
     import rllc.sampling.fast as fast_module
 
     model, data = setup
-    monkeypatch.setattr(fast_module, "CE_BLOCK", 7)  # 120 tokens per batch: 17 blocks of 7 and one of 1
+    vocab = model.cfg.d_vocab
+    monkeypatch.setattr(fast_module, "CE_BLOCK_ELEMENTS", 7 * vocab)  # 120 tokens a batch: 17 blocks of 7, one of 1
+    assert fast_module._token_block(vocab) == 7 and fast_module._token_block(vocab, 2) == 3
     sweep = estimate_llcs(model, data, ["0:2", "1:0"], **{**KW, "draws": 10})
     for head, est in sweep.items():
         _assert_same(est, estimate_llc(model, data, component=head, fast=False, **{**KW, "draws": 10}))
@@ -209,3 +211,60 @@ def test_cuda_fast_path_matches_generic(setup, sampler):
         ref = estimate_llc(model, data, component=head, fast=False, **kw)
         np.testing.assert_allclose(est.loss_trace, ref.loss_trace, rtol=0, atol=1e-4)
     model.to("cpu")
+
+
+def test_sweeps_side_by_side_give_the_same_estimates(setup):
+    """workers=2 splits the heads into two sweeps run in threads: every head's trace is the one-sweep trace
+    (the same seeds and batches), the observer's moments too, and the caller's torch thread count is back."""
+    from rllc.sampling.observables import TokenLossObserver
+
+    model, data = setup
+    before = torch.get_num_threads()
+    probes = {"a": data[0][:3], "b": data[1][:2, :12]}
+    runs = {}
+    for workers in (1, 2):
+        obs = TokenLossObserver(probes, sampling="a", burn_in=0)
+        runs[workers] = estimate_llcs(model, data, None, workers=workers, observer=obs, **KW), obs
+        assert torch.get_num_threads() == before
+    (one, obs1), (two, obs2) = runs[1], runs[2]
+    assert {e.diagnostics["sweep_workers"] for e in one.values()} == {1}
+    assert {e.diagnostics["sweep_workers"] for e in two.values()} == {2}
+    assert list(two) == list(one) == heads(model)
+    for head in one:
+        _assert_same(two[head], one[head])
+        for chain in range(KW["chains"]):
+            m1, m2 = obs1.moments[(head, chain)], obs2.moments[(head, chain)]
+            assert m1.n == m2.n == KW["draws"]
+            for name in probes:
+                np.testing.assert_allclose(m2.loss[name], m1.loss[name], rtol=1e-5)
+
+
+def test_a_failing_sweep_stops_the_others(setup, monkeypatch):
+    """An error in one sweep reaches the caller as itself; the other sweep stops at its next step."""
+    import rllc.sampling.fast as fast_module
+
+    model, data = setup
+    real, calls = fast_module._pair_losses, {"0:0": 0, "0:1": 0}
+
+    def failing(model, cache, layer, hidx, *args, **kwargs):
+        head = f"{layer}:{int(hidx[0])}"
+        if head in calls:
+            calls[head] += 1
+            if head == "0:0" and calls[head] == 2:
+                raise RuntimeError("boom in the first sweep")
+        return real(model, cache, layer, hidx, *args, **kwargs)
+
+    monkeypatch.setattr(fast_module, "_pair_losses", failing)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom in the first sweep"):
+        estimate_llcs(model, data, None, workers=2, **{**KW, "draws": 400})
+    assert calls["0:1"] < 400  # the second sweep (heads 0:1, 0:3, ...) stopped early
+    assert torch.get_num_threads() == before
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_workers_is_validated(setup):
+    model, data = setup
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(ValueError, match="workers"):
+            estimate_llcs(model, data, ["0:0"], workers=bad, **KW)

@@ -34,7 +34,7 @@ What makes it fast:
   batched matmul with the causal mask as its additive term, a softmax and a
   second matmul; otherwise the fused `scaled_dot_product_attention`;
 * the vocabulary-sized work (logits, softmax, cross-entropy and its gradient)
-  is one hand-written pass over blocks of `CE_BLOCK` tokens that stay in cache
+  is one hand-written pass over blocks of `CE_BLOCK_ELEMENTS` logits that stay in cache
   (`_LinearCrossEntropy`); the unembedding matmuls are then most of the cost.
 
 Where the time goes (reference model, one thread, per head-chain-step): a
@@ -65,7 +65,10 @@ from rllc.sampling.result import LLCEstimate, assemble
 from rllc.sampling.settings import SGLDSettings
 from rllc.sampling.update import ChainBlock, accumulator, noise_streams
 
-CE_BLOCK = 128  # tokens per block of the fused cross-entropy: [128, vocab] fits in cache (see _LinearCrossEntropy)
+# Logits per block of the fused cross-entropy (see _LinearCrossEntropy): [128 tokens, 5,000 vocab] fp32 = 2.6 MB stays
+# in cache, measured on the reference model (vocab 5,000); a smaller vocabulary takes more tokens per block (the demo
+# model's 512: one block of a batch's 504 tokens, 10 % faster per step than 128-token blocks in an interleaved A/B).
+CE_BLOCK_ELEMENTS = 128 * 5000
 # Longest context at which `_causal_attention` uses explicit batched matmuls on CPU. Measured on this project's
 # CPU (2 threads, d_head 16, fp32, forward + backward of 4,096 query rows x 8 heads): at T = 64 explicit 11.0 ms vs
 # the fused kernel 14.1 ms (forward alone 4.4 vs 5.9); at T = 128 21.4 vs 21.8 (forward 9.0 vs 5.7); beyond, the
@@ -294,20 +297,27 @@ def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: 
     `low`: dtype of the unembedding matmuls (None: the model's dtype); logits, softmax and losses stay in
     the model's dtype."""
     x, m, inv_scale, shared, bias, targets = _ce_inputs(model, cache, layer, hidx, ws, group)
-    return _LinearCrossEntropy.apply(x, m, inv_scale, shared, bias, targets, group, low, CE_BLOCK)
+    return _LinearCrossEntropy.apply(x, m, inv_scale, shared, bias, targets, group, low,
+                                     _token_block(m.shape[-1]))
+
+
+def _token_block(vocab: int, rows: int = 1) -> int:
+    """Tokens per block of a vocabulary-sized pass over `rows` stacked pairs: CE_BLOCK_ELEMENTS logits."""
+    return max(1, CE_BLOCK_ELEMENTS // (rows * vocab))
 
 
 @torch.no_grad()
 def _pair_token_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor],
                        group: int) -> Tensor:
     """Per-token next-token loss of each pair [k, B * (T-1)] (observables; no gradient): all pairs at once,
-    in blocks of CE_BLOCK tokens so that no vocabulary-sized tensor holds more than k x CE_BLOCK rows."""
+    in blocks of tokens so that no vocabulary-sized tensor holds more than CE_BLOCK_ELEMENTS logits."""
     x, m, inv_scale, shared, bias, targets = _ce_inputs(model, cache, layer, hidx, ws, group)
     k, n = x.shape[:2]
     owner = torch.arange(k, device=x.device) // group  # the shared logit term of each pair
     out = torch.empty((k, n), dtype=x.dtype, device=x.device)
-    for t0 in range(0, n, CE_BLOCK):
-        t1 = min(n, t0 + CE_BLOCK)
+    block = _token_block(m.shape[-1], k)
+    for t0 in range(0, n, block):
+        t1 = min(n, t0 + block)
         u = torch.matmul(x[:, t0:t1], m)  # [k, b, V]
         if shared is not None:
             u += shared[owner, t0:t1]
@@ -412,7 +422,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], settings: SGLDSettings,
               seeds: Sequence[int], hyper: dict[str, Any], *, pair_chunk: int = 8, compute_dtype: str = "fp32",
-              bf16_pilot_draws: int = 10, on_step: Callable[[int], None] | None = None,
+              bf16_pilot_draws: int = 10, workers: int = 1, on_step: Callable[[int], None] | None = None,
               observer: TokenLossObserver | None = None) -> dict[str, LLCEstimate]:
     """{head: LLCEstimate} for single heads "l:h" of a model :func:`unsupported_reason` accepts.
 
@@ -425,17 +435,20 @@ def run_heads(model: nn.Module, stream: BatchStream, heads: Sequence[str], setti
     any head's bf16 estimate differs from fp32 by more than half the fp32 Monte Carlo error (chain
     std / sqrt(chains)), bf16 is refused for this model with a warning (Bf16Refused) and the sweep
     runs in fp32. The outcome is in each estimate's diagnostics["compute_dtype"] / ["bf16_check"].
+
+    workers > 1 (CPU only) splits the heads into that many sweeps run side by side in threads, torch's
+    threads shared out among them (see `_sweep`); the estimates are the same, to float rounding.
     """
     saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     try:
         for p in model.parameters():
             p.requires_grad_(False)  # frozen: autograd never builds gradients for them
-        run_kw = dict(settings=settings, seeds=list(seeds), hyper=hyper, pair_chunk=pair_chunk)
+        run_kw = dict(settings=settings, seeds=list(seeds), hyper=hyper, pair_chunk=pair_chunk, workers=workers)
         low, check = None, None
         if compute_dtype == "bf16":
             check = _check_bf16(model, stream, list(heads), min(settings.draws, bf16_pilot_draws), run_kw)
             low = torch.bfloat16 if check["accepted"] else None
-        out = _run(model, stream, list(heads), low=low, on_step=on_step, observer=observer, **run_kw)
+        out = _sweep(model, stream, list(heads), low=low, on_step=on_step, observer=observer, **run_kw)
         for est in out.values():
             est.diagnostics["compute_dtype"] = "bf16" if low is not None else "fp32"
             est.diagnostics["bf16_check"] = check
@@ -471,8 +484,8 @@ def _check_bf16(model, stream, comps, pilot_draws, run_kw) -> dict[str, Any]:
     import warnings
 
     pilot = dict(run_kw, settings=run_kw["settings"].replace(draws=pilot_draws))
-    ref = _run(model, stream, comps, low=None, **pilot)
-    low = _run(model, stream, comps, low=torch.bfloat16, **pilot)
+    ref = _sweep(model, stream, comps, low=None, **pilot)
+    low = _sweep(model, stream, comps, low=torch.bfloat16, **pilot)
     chains = len(run_kw["seeds"])
     worst_name, worst_ratio, rows = comps[0], 0.0, {}
     for name in comps:
@@ -495,15 +508,86 @@ def _check_bf16(model, stream, comps, pilot_draws, run_kw) -> dict[str, Any]:
     return check
 
 
+class _Stopped(Exception):
+    """Another sweep of the same call failed (or was interrupted): this one stops at its next step."""
+
+
+def _sweep(model, stream: BatchStream, comps: list[str], *, workers: int, on_step=None,
+           **run_kw: Any) -> dict[str, LLCEstimate]:
+    """`_run` over `comps`, split into `workers` sweeps run side by side in threads on CPU.
+
+    Why threads: at the sizes these studies use, a sweep's ops are small (a [504, 128] x [128, 512] product,
+    attention over 64 tokens), and torch's intra-op threads share them out poorly: the demo model's sweep ran
+    only ~1.2x faster on 2 threads than on 1. Two sweeps of half the heads each, one thread each, overlap each
+    other's serial parts (~1.2x faster per step than one sweep on 2 threads, measured; docs/llc.md). Each
+    thread sets its own torch thread count (thread-local under OpenMP); the caller's is restored after.
+
+    The heads of each layer are dealt round-robin, so every sweep gets the same mix of layers (a head's cost
+    depends on its layer). The reference losses are computed once, here, which also reads every batch
+    the sweeps need, so that they only read the stream. Each sweep seeds its chains alike, so a head's
+    estimate does not depend on the split. If one sweep raises, the others stop at their next step."""
+    device = model.unembed.W_U.device
+    steps = run_kw["settings"].burn_in + run_kw["settings"].draws
+    start = time.perf_counter()
+    ref = reference_losses(model, next_token_loss, stream, steps)  # L_{B_t}(w*), see rllc.sampling.llc
+    by_layer: dict[str, list[str]] = {}
+    for c in comps:
+        by_layer.setdefault(c.split(":")[0], []).append(c)
+    parts = [p for p in ([c for heads in by_layer.values() for c in heads[i::max(1, workers)]]
+                         for i in range(max(1, workers))) if p]
+    if device.type != "cpu" or len(parts) < 2:
+        results = [_run(model, stream, comps, ref=ref, on_step=on_step, **run_kw)]
+    else:
+        results = _threaded(parts, lambda i, part, stop: _run(model, stream, part, ref=ref, stop=stop,
+                                                             on_step=on_step if i == 0 else None, **run_kw))
+    seconds = time.perf_counter() - start
+    merged = {c: est for result in results for c, est in result.items()}
+    for est in merged.values():
+        est.diagnostics.update(seconds=seconds / len(comps), seconds_per_step=seconds / len(comps) / (
+            steps * run_kw["settings"].chains), sweep_seconds=seconds, sweep_components=len(comps),
+            sweep_workers=len(results))
+    return {c: merged[c] for c in comps}
+
+
+def _threaded(parts: list[list[str]], run: Callable) -> list[dict[str, LLCEstimate]]:
+    """[run(i, part, stop) for each part], side by side in threads with torch's threads shared out (`_sweep`)."""
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    outer = torch.get_num_threads()
+    threads = max(1, outer // len(parts))
+    stop = threading.Event()
+
+    def work(i: int, part: list[str]) -> dict[str, LLCEstimate]:
+        torch.set_num_threads(threads)
+        return run(i, part, stop)
+
+    try:
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="rllc-sweep") as pool:
+            futures = [pool.submit(work, i, part) for i, part in enumerate(parts)]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # interrupted: the sweeps stop at their next step, then this re-raises
+                stop.set()
+                raise
+            failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                stop.set()
+                raise failed[0]
+            return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(outer)
+
+
 def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings, seeds: list[int],
-         hyper: dict[str, Any], pair_chunk: int, low=None, on_step=None,
-         observer: TokenLossObserver | None = None) -> dict[str, LLCEstimate]:
+         hyper: dict[str, Any], pair_chunk: int, ref: np.ndarray, low=None, on_step=None,
+         observer: TokenLossObserver | None = None, stop=None) -> dict[str, LLCEstimate]:
+    """One sweep of the heads `comps`, all chains in lockstep; `ref`: L_{B_t}(w*) of every step's batch."""
     s = settings
     cfg = model.cfg
     chains = s.chains
     start = time.perf_counter()
     steps = s.burn_in + s.draws
-    ref = reference_losses(model, next_token_loss, stream, steps)  # L_{B_t}(w*), see rllc.sampling.llc
     init_loss = float(ref[s.burn_in:].mean())
     max_loss = s.max_loss(init_loss)
 
@@ -533,7 +617,9 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
                 probes.append((names, sizes, _Cache(model, tokens.to(model.unembed.W_U.device), last_heads,
                                                     _Workspace())))
     for t in range(steps):
-        batch = stream[t]
+        if stop is not None and stop.is_set():
+            raise _Stopped(f"stopped at step {t}: another sweep of this call failed")
+        batch = stream.raw(t)  # no prepare step in this back-end; raw() only reads once `ref` has read the batches
         tokens = tokens_of(batch)
         with torch.no_grad():
             cache = _Cache(model, tokens, last_heads, workspace)

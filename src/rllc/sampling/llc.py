@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from rllc.models.components import Component, ComponentSpec, heads, resolve_component
@@ -52,6 +53,7 @@ from rllc.sampling.result import LLCEstimate
 from rllc.sampling.settings import SGLDSettings, split_settings
 
 COMPUTE_DTYPES = ("fp32", "bf16")
+AUTO_WORKERS = 2  # head-sampler sweeps side by side with workers="auto" (measured on 2 cores only; see docs/llc.md)
 
 
 def estimate_llc(model: nn.Module, data: Iterable, *, component: ComponentSpec = None, **kwargs: Any) -> LLCEstimate:
@@ -77,6 +79,7 @@ def estimate_llcs(
     pair_chunk: int = 8,
     compute_dtype: str = "fp32",
     bf16_pilot_draws: int = 10,
+    workers: int | str = "auto",
     progress: bool = False,
     observer: TokenLossObserver | None = None,
     **setting_values: Any,
@@ -103,6 +106,10 @@ def estimate_llcs(
     compute_dtype: "bf16" runs the head sampler's unembedding matmuls in bfloat16 after a coupled
         pilot of `bf16_pilot_draws` draws shows every head within half its Monte Carlo error of fp32
         (else it warns Bf16Refused and runs fp32); other components always run fp32.
+    workers: the head sampler's heads split into this many sweeps run side by side in threads, torch's
+        threads shared out among them (CPU only; the estimates do not depend on it, to float rounding).
+        "auto": 2 when torch has at least 2 threads, else 1 (on 2 cores, two one-thread sweeps took ~0.8x
+        the time of one two-thread sweep on the demo model; docs/llc.md).
     progress: show SGLD steps on stderr (a bar on a terminal, a line every few seconds in a log).
     observer: a :class:`rllc.sampling.observables.TokenLossObserver`: both back-ends record its probe sets'
         per-token losses at every (component, chain) draw it wants (susceptibilities, Bayesian influence).
@@ -117,6 +124,10 @@ def estimate_llcs(
         raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
     if pair_chunk < 1:
         raise ValueError(f"pair_chunk must be positive, got {pair_chunk}")
+    if workers == "auto":
+        workers = AUTO_WORKERS if torch.get_num_threads() >= AUTO_WORKERS else 1
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer or 'auto', got {workers!r}")
     # Specs other than strings become Components once (their name is their key); strings stay (heads, "layer:0"...).
     specs = [c if isinstance(c, (str, Component)) else resolve_component(model, c)
              for c in (heads(model) if components is None else components)]
@@ -154,7 +165,7 @@ def estimate_llcs(
         if batched:
             out.update(heads_backend.run_heads(model, stream, batched, s, seeds, hyper, pair_chunk=pair_chunk,
                                                compute_dtype=compute_dtype, bf16_pilot_draws=bf16_pilot_draws,
-                                               on_step=step_done, observer=observer))
+                                               workers=workers, on_step=step_done, observer=observer))
         if reasons:
             loss = loss_fn if loss_fn is not None else teacher_loss if teacher is not None else next_token_loss
             for key, spec in zip(keys, specs):
