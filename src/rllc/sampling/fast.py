@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rllc.models.components import HEAD_PARAMS, _HEAD
+from rllc.models.transformer import LayerNorm
 from rllc.losses import BatchStream, next_token_loss, tokens_of
 from rllc.sampling.data import reference_losses
 from rllc.sampling.observables import TokenLossObserver
@@ -179,7 +180,7 @@ class _Cache:
         else:
             self.pos = model.pos_embed(tokens)
         self.resid = [resid]  # resid[l]: input of layer l; resid[n_layers]: final residual
-        self.x, self.qk, self.z, self.head_out = [], [], [], []
+        self.x, self.qk, self.z, self.head_out, self.without = [], [], [], [], []
         for block in model.blocks:
             attn = block.attn
             x = block.ln1(resid)
@@ -198,6 +199,7 @@ class _Cache:
             self.z.append(z.permute(2, 0, 1, 3))  # [H, B, T, dh]
             self.head_out.append(head_out)
             self.resid.append(resid)
+            self.without.append(resid - head_out)  # [H, B, T, d]: the residual after the layer without head h
         # Last layer: per-head shared logits term A_h = (Rc_h * w) @ W_U, Rc_h the centred residual without head h,
         # stacked [heads, B * (T-1), V] in a reused buffer (so a chunk of consecutive heads is a view, not a copy).
         self.head_row = {h: i for i, h in enumerate(need_head_logits)}
@@ -270,14 +272,12 @@ def _ce_inputs(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: li
         shared = cache.shared_logits(heads)  # [n_heads, B*(T-1), V]
         inv_scale, bias = None, b_U
         if lnw is not None:
-            out = torch.einsum("kbqe,ked->kbqd", z, W_O)
-            resid = cache.resid[layer + 1][None, :, :-1] - cache.head_out[layer][hidx][:, :, :-1] + out
+            resid = _moved(cache, layer, hidx, z, W_O)
             centred = resid - resid.mean(-1, keepdim=True)
             inv_scale = (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).rsqrt().flatten(1, 2)
             bias = model.ln_final.b @ W_U + b_U
         return z.flatten(1, 2), _head_unembed(W_O, lnw, W_U), inv_scale, shared, bias, targets
-    out = torch.einsum("kbqe,ked->kbqd", z, W_O)
-    resid = cache.resid[layer + 1][None] - cache.head_out[layer][hidx] + out  # [k, B, T, d]
+    resid = _moved(cache, layer, hidx, z, W_O)  # [k, B, T, d]
     for block in model.blocks[layer + 1:]:
         resid = _frozen_block(block, resid, cache.pos)
     resid = resid[:, :, :-1]  # the last position predicts nothing
@@ -285,10 +285,16 @@ def _ce_inputs(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: li
     if cfg.normalization_type == "LN":
         # ln_final's affine part folded into the unembedding (frozen): one [.., d] pass less per pair.
         ln = model.ln_final
-        centred = resid - resid.mean(-1, keepdim=True)
-        resid = centred * (centred.pow(2).mean(-1, keepdim=True) + ln.eps).rsqrt()
+        resid = F.layer_norm(resid, resid.shape[-1:], eps=ln.eps)
         m, bias = ln.w[:, None] * W_U, ln.b @ W_U + b_U
     return resid.flatten(1, 2), m, None, None, bias, targets
+
+
+def _moved(cache: _Cache, layer: int, hidx: Tensor, z: Tensor, W_O: Tensor) -> Tensor:
+    """The residual after `layer` of each pair [k, B, T', d] (the first T' positions, those of z [k, B, T', e]):
+    resid* without head hidx[k], plus the head's output z_k W_O,k at the pair's weights."""
+    without = cache.without[layer].index_select(0, hidx)[:, :, :z.shape[2]]
+    return without + torch.einsum("kbqe,ked->kbqd", z, W_O)
 
 
 def _pair_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor, ws: list[Tensor], group: int,
@@ -331,20 +337,23 @@ def _pair_token_losses(model: nn.Module, cache: _Cache, layer: int, hidx: Tensor
 
 def _frozen_block(block: nn.Module, resid: Tensor, pos: Tensor | None) -> Tensor:
     """An attention-only block with frozen weights on [k, B, T, d] (k stacked pairs): the model's block
-    arithmetic with the fused attention kernel, positions broadcast over pairs instead of copied."""
-    attn = block.attn
+    arithmetic with fused kernels (LayerNorm, each projection with its bias, the residual add with the output
+    projection), positions broadcast over pairs instead of copied."""
+    attn, ln = block.attn, block.ln1
     n_heads, d_model, d_head = attn.W_Q.shape
-    x = block.ln1(resid)
+    x = F.layer_norm(resid, (d_model,), ln.w, ln.b, ln.eps) if isinstance(ln, LayerNorm) else resid
     qk = x if pos is None else x + pos
 
     def project(inp: Tensor, w: Tensor, b: Tensor) -> Tensor:  # -> [k * B, H, T, e]
-        flat = inp.flatten(0, 1) @ w.permute(1, 0, 2).reshape(d_model, n_heads * d_head) + b.flatten()
+        flat = F.linear(inp.flatten(0, 1), w.permute(0, 2, 1).reshape(n_heads * d_head, d_model), b.flatten())
         return flat.unflatten(-1, (n_heads, d_head)).transpose(1, 2)
 
     z = _causal_attention(project(qk, attn.W_Q, attn.b_Q), project(qk, attn.W_K, attn.b_K),
                           project(x, attn.W_V, attn.b_V), 1.0 / attn.attn_scale)
-    z = z.transpose(1, 2).flatten(-2).unflatten(0, resid.shape[:2])  # [k, B, T, H * e]
-    return resid + z @ attn.W_O.reshape(n_heads * d_head, d_model) + attn.b_O
+    z = z.transpose(1, 2).flatten(-2)  # [k * B, T, H * e]
+    out = torch.addmm(resid.reshape(-1, d_model), z.reshape(-1, n_heads * d_head),
+                      attn.W_O.reshape(n_heads * d_head, d_model))
+    return (out + attn.b_O).view_as(resid)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
