@@ -1,7 +1,9 @@
 """Observables along the chains, susceptibilities and the Bayesian influence function
 (rllc.sampling.observables, rllc.sampling.susceptibility): the batched head sampler against the generic
 back-end on the same seeds, a known answer where the posterior is exactly Gaussian, and devinterp 2.0.1's
-post-processing on the very same draws."""
+post-processing on the very same draws, and devinterp's own sampler replayed (same seeds, batches, probes)."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -199,3 +201,103 @@ def test_antithetic_pairs_take_their_standard_errors_over_pair_means(small):
     assert np.all(np.isfinite(influence.se))
     with pytest.raises(ValueError, match="chains must be even"):
         susceptibilities(model, data, probes, sampling_probe="train", components=["0:1"], **dict(kw, chains=3))
+
+
+# --- devinterp 2.0.1's own sampler, replayed ------------------------------------------------
+
+class _Plain(nn.Module):
+    """devinterp treats anything with cfg.n_heads as a HookedTransformer; hide the config."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, tokens):
+        return self.net(tokens)
+
+
+@pytest.mark.slow
+def test_replayed_chains_give_devinterps_susceptibilities(tmp_path):
+    """Under replay our chains are devinterp's, so its `sample()` + `compute_susceptibilities` / `compute_bif`
+    and our `susceptibilities` / `bif` give the same per-token values to float tolerance (measured: chi within
+    1e-6 of its largest value).
+
+    Replay: our chain c seeded devinterp's init_seed + c (its global seed for chain c; the same noise stream,
+    tests/test_llc_devinterp.py), its batch order (its DataLoader shuffled by a generator seeded init_seed,
+    first epoch), its probe sequences (read from its output) and its L0 (`init_loss=`). devinterp records a
+    draw after the step (draw d at the weights after step burn_in + d); we record at the state a step starts
+    from, so our burn-in is one step longer for the same draws."""
+    import datasets
+    import xarray as xr
+    from devinterp.slt.bif import compute_bif
+    from devinterp.slt.sampling import sample
+    from devinterp.slt.susceptibilities import compute_susceptibilities
+    from torch.utils.data import DataLoader
+
+    init_seed, batch, chains, burn_in, draws = 100, 4, 2, 2, 8
+    hyper = dict(epsilon=1e-3, nbeta=10.0, gamma=100.0)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, n_ctx=12, d_vocab=20)).eval()
+    g = torch.Generator().manual_seed(3)
+
+    def hf(rows: torch.Tensor):
+        return datasets.Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
+
+    sampling = hf(torch.randint(0, 20, (64, 12), generator=g))  # 16 batches: more than the 11 steps
+    # devinterp evaluates batch_size (4) of each set's 8 sequences, picked by its own seeded sampler; its output
+    # says which, and those are our probes
+    probe_sets = {"train": hf(torch.randint(0, 20, (8, 12), generator=g)),
+                  "code": hf(torch.randint(0, 20, (8, 12), generator=g))}
+    restrictions = {"full": None, "0:1": "0:1", "1:0": "1:0"}
+    params = dict(model.named_parameters())
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # devinterp's notes on its defaults
+        for key, spec in restrictions.items():
+            if spec is None:
+                masks = {"net." + n: None for n in params}
+            else:
+                comp = resolve_component(model, spec)
+                masks = {"net." + n: comp.mask(n, params[n]) for n in comp.param_names}
+            runs[key] = sample(_Plain(model), sampling, {k: (v, 1) for k, v in probe_sets.items()},
+                               param_masks=masks, lr=hyper["epsilon"], n_beta=hyper["nbeta"],
+                               localization=hyper["gamma"], num_chains=chains, num_draws=draws, batch_size=batch,
+                               num_burnin_steps=burn_in, num_init_loss_batches=4, init_seed=init_seed, device="cpu",
+                               output_path=tmp_path / f"{key.replace(':', '_')}.zarr")
+        theirs = compute_susceptibilities(runs, "train")["susceptibilities"].dataset
+    their_l0 = float(runs["full"].dataset["init_loss"].values.mean())
+    probes = {k: torch.as_tensor(runs["full"].dataset[f"input_ids_{k}"].values) for k in probe_sets}
+    loader = DataLoader(sampling, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(init_seed),
+                        drop_last=True)
+    batches = [b["input_ids"] for b in loader]
+    replay = dict(chains=chains, chain_seeds=[init_seed + c for c in range(chains)], burn_in=burn_in + 1, draws=draws,
+                  **hyper)
+    # the per-token probe losses devinterp recorded at every draw are the ones our chains observe
+    obs = TokenLossObserver(probes, burn_in=burn_in + 1, keep_draws=True)
+    estimate_llcs(model, batches, ["0:1", "1:0", "model"], observer=obs, **replay)
+    for key, comp in (("0:1", "0:1"), ("1:0", "1:0"), ("full", "model")):
+        for probe in probes:
+            recorded = runs[key].dataset[f"loss_{probe}"].values  # [chain, draw, sequence, position]
+            np.testing.assert_allclose(obs.draws(comp, probe), recorded, rtol=1e-5, atol=1e-6)
+    ours = susceptibilities(model, batches, probes, sampling_probe="train", components=["0:1", "1:0"],
+                            init_loss=their_l0, **replay)
+    for key in ("0:1", "1:0"):
+        values = theirs["sus"].sel(wr=key).values.reshape(ours.values[key]["code"].shape)
+        scale = np.abs(values).max()
+        np.testing.assert_allclose(ours.values[key]["code"], values, rtol=0, atol=1e-5 * scale)
+        print(f"{key}: max |ours - devinterp| {np.abs(ours.values[key]['code'] - values).max():.2e} "
+              f"(largest |chi| {scale:.2e})")
+    # and the Bayesian influence of the train probe's tokens on the code probe's from devinterp's own draws
+    # (its arrays without their coordinates: in its output both probes number their sequences from 0, so
+    # compute_bif's batch ranges cannot address the second one)
+    recorded = runs["1:0"].dataset
+    arrays = {}
+    for k in ("code", "train"):
+        arrays[f"loss_{k}"] = (("chain", "draw", f"batch_{k}", "token_pos"), recorded[f"loss_{k}"].values)
+        arrays[f"input_ids_{k}"] = ((f"batch_{k}", "token"), recorded[f"input_ids_{k}"].values)
+    tree = xr.DataTree(xr.Dataset(arrays))
+    n_code, n_train = len(probes["code"]), len(probes["train"])
+    their_bif = compute_bif(tree, batch_index_range_1=range(n_code),
+                            batch_index_range_2=range(n_code, n_code + n_train), device="cpu")["influences"].values
+    our_bif = bif(model, batches, probes["code"], probes["train"], component="1:0", **replay)
+    np.testing.assert_allclose(our_bif.values, their_bif, rtol=2e-4, atol=2e-6)
