@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from rllc.models import ModelConfig, Transformer
@@ -27,17 +26,6 @@ devinterp_llc = pytest.importorskip("devinterp.slt.llc")
 
 INIT_SEED, BATCH, CHAINS, DRAWS, INIT_BATCHES = 100, 16, 4, 100, 4
 HYPER = dict(epsilon=1e-3, nbeta=30.0, gamma=200.0)
-
-
-class Plain(nn.Module):
-    """devinterp treats anything with cfg.n_heads as a HookedTransformer (to(..., print_details)); hide it."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, tokens):
-        return self.net(tokens)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +71,14 @@ DEVINTERP_SAMPLER = {"sgld": "sgmcmc_sgld", "rmsprop": "rmsprop_sgld"}
 
 
 @pytest.fixture(scope="module")
-def devinterp_runs(setup, tmp_path_factory):
+def devinterp_runs(setup, tmp_path_factory, devinterp_view):
     model, ds, _ = setup
     out = {}
     for case, (comp, wd, box, sampler) in CASES.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out[case] = devinterp_llc.llc(
-                Plain(model), ds, {}, lr=HYPER["epsilon"], n_beta=HYPER["nbeta"], localization=HYPER["gamma"],
+                devinterp_view(model), ds, {}, lr=HYPER["epsilon"], n_beta=HYPER["nbeta"], localization=HYPER["gamma"],
                 llc_weight_decay=wd, bounding_box_size=box,
                 param_masks=None if comp is None else head_masks(model, 1, 2), num_chains=CHAINS,
                 num_draws=DRAWS, batch_size=BATCH, num_init_loss_batches=INIT_BATCHES, init_seed=INIT_SEED,

@@ -205,19 +205,8 @@ def test_antithetic_pairs_take_their_standard_errors_over_pair_means(small):
 
 # --- devinterp 2.0.1's own sampler, replayed ------------------------------------------------
 
-class _Plain(nn.Module):
-    """devinterp treats anything with cfg.n_heads as a HookedTransformer; hide the config."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, tokens):
-        return self.net(tokens)
-
-
 @pytest.mark.slow
-def test_replayed_chains_give_devinterps_susceptibilities(tmp_path):
+def test_replayed_chains_give_devinterps_susceptibilities(tmp_path, devinterp_view):
     """Under replay our chains are devinterp's, so its `sample()` + `compute_susceptibilities` / `compute_bif`
     and our `susceptibilities` / `bif` give the same per-token values to float tolerance (measured: chi within
     1e-6 of its largest value).
@@ -259,7 +248,7 @@ def test_replayed_chains_give_devinterps_susceptibilities(tmp_path):
             else:
                 comp = resolve_component(model, spec)
                 masks = {"net." + n: comp.mask(n, params[n]) for n in comp.param_names}
-            runs[key] = sample(_Plain(model), sampling, {k: (v, 1) for k, v in probe_sets.items()},
+            runs[key] = sample(devinterp_view(model), sampling, {k: (v, 1) for k, v in probe_sets.items()},
                                param_masks=masks, lr=hyper["epsilon"], n_beta=hyper["nbeta"],
                                localization=hyper["gamma"], num_chains=chains, num_draws=draws, batch_size=batch,
                                num_burnin_steps=burn_in, num_init_loss_batches=4, init_seed=init_seed, device="cpu",
