@@ -180,7 +180,7 @@ class _Cache:
         else:
             self.pos = model.pos_embed(tokens)
         self.resid = [resid]  # resid[l]: input of layer l; resid[n_layers]: final residual
-        self.x, self.qk, self.z, self.head_out, self.without = [], [], [], [], []
+        self.x, self.qk, self.z, self.without = [], [], [], []
         for block in model.blocks:
             attn = block.attn
             x = block.ln1(resid)
@@ -197,7 +197,6 @@ class _Cache:
             self.x.append(x)
             self.qk.append(qk)
             self.z.append(z.permute(2, 0, 1, 3))  # [H, B, T, dh]
-            self.head_out.append(head_out)
             self.resid.append(resid)
             self.without.append(resid - head_out)  # [H, B, T, d]: the residual after the layer without head h
         # Last layer: per-head shared logits term A_h = (Rc_h * w) @ W_U, Rc_h the centred residual without head h,
@@ -521,41 +520,47 @@ class _Stopped(Exception):
     """Another sweep of the same call failed (or was interrupted): this one stops at its next step."""
 
 
-def _sweep(model, stream: BatchStream, comps: list[str], *, workers: int, on_step=None,
+def _sweep(model, stream: BatchStream, comps: list[str], *, workers: int, hyper: dict[str, Any], on_step=None,
            **run_kw: Any) -> dict[str, LLCEstimate]:
-    """`_run` over `comps`, split into `workers` sweeps run side by side in threads on CPU.
+    """`_run` over `comps`, split into `workers` sweeps run side by side in threads on CPU; the estimates.
 
     Why threads: at the sizes these studies use, a sweep's ops are small (a [504, 128] x [128, 512] product,
     attention over 64 tokens), and torch's intra-op threads share them out poorly: the demo model's sweep ran
     only ~1.2x faster on 2 threads than on 1. Two sweeps of half the heads each, one thread each, overlap each
-    other's serial parts (~1.2x faster per step than one sweep on 2 threads, measured; docs/llc.md). Each
-    thread sets its own torch thread count (thread-local under OpenMP); the caller's is restored after.
+    other's serial parts: 1.34x faster per step than one sweep on 2 threads on the demo model, 1.08-1.15x on
+    the reference model (benchmarks/sweep_ab.py; docs/llc.md). Each thread sets its own torch thread count
+    (thread-local under OpenMP); the caller's is restored after.
 
     The heads of each layer are dealt round-robin, so every sweep gets the same mix of layers (a head's cost
     depends on its layer). The reference losses are computed once, here, which also reads every batch
     the sweeps need, so that they only read the stream. Each sweep seeds its chains alike, so a head's
-    estimate does not depend on the split. If one sweep raises, the others stop at their next step."""
-    device = model.unembed.W_U.device
-    steps = run_kw["settings"].burn_in + run_kw["settings"].draws
+    estimate does not depend on the split. If one sweep raises, the others stop at their next step.
+    Every estimate's time is the wall time of the whole call, shared out over the components."""
+    s = run_kw["settings"]
     start = time.perf_counter()
-    ref = reference_losses(model, next_token_loss, stream, steps)  # L_{B_t}(w*), see rllc.sampling.llc
+    ref = reference_losses(model, next_token_loss, stream, s.burn_in + s.draws)  # L_{B_t}(w*), see sampling.llc
     by_layer: dict[str, list[str]] = {}
     for c in comps:
         by_layer.setdefault(c.split(":")[0], []).append(c)
-    parts = [p for p in ([c for heads in by_layer.values() for c in heads[i::max(1, workers)]]
-                         for i in range(max(1, workers))) if p]
-    if device.type != "cpu" or len(parts) < 2:
+    parts = [[c for heads in by_layer.values() for c in heads[i::workers]] for i in range(workers)]
+    parts = [p for p in parts if p]
+    if model.unembed.W_U.device.type != "cpu" or len(parts) < 2:
         results = [_run(model, stream, comps, ref=ref, on_step=on_step, **run_kw)]
     else:
         results = _threaded(parts, lambda i, part, stop: _run(model, stream, part, ref=ref, stop=stop,
                                                              on_step=on_step if i == 0 else None, **run_kw))
     seconds = time.perf_counter() - start
-    merged = {c: est for result in results for c, est in result.items()}
-    for est in merged.values():
-        est.diagnostics.update(seconds=seconds / len(comps), seconds_per_step=seconds / len(comps) / (
-            steps * run_kw["settings"].chains), sweep_seconds=seconds, sweep_components=len(comps),
-            sweep_workers=len(results))
-    return {c: merged[c] for c in comps}
+    records = {c: r for result in results for c, r in result.items()}
+    n_coords = sum(int(np.prod(getattr(model.blocks[0].attn, p).shape[1:])) for p in HEAD_PARAMS)
+    out: dict[str, LLCEstimate] = {}
+    for c in comps:
+        est = assemble(**records[c], ref=ref, init_loss=float(ref[s.burn_in:].mean()), settings=s,
+                       n_distinct=stream.n_distinct, seconds=seconds / len(comps), component=c, n_coords=n_coords,
+                       hyper=hyper)
+        est.diagnostics.update(fast_path=True, sweep_seconds=seconds, sweep_components=len(comps),
+                               sweep_workers=len(results))
+        out[c] = est
+    return out
 
 
 def _threaded(parts: list[list[str]], run: Callable) -> list[dict[str, LLCEstimate]]:
@@ -589,13 +594,13 @@ def _threaded(parts: list[list[str]], run: Callable) -> list[dict[str, LLCEstima
 
 
 def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings, seeds: list[int],
-         hyper: dict[str, Any], pair_chunk: int, ref: np.ndarray, low=None, on_step=None,
-         observer: TokenLossObserver | None = None, stop=None) -> dict[str, LLCEstimate]:
-    """One sweep of the heads `comps`, all chains in lockstep; `ref`: L_{B_t}(w*) of every step's batch."""
+         pair_chunk: int, ref: np.ndarray, low=None, on_step=None, observer: TokenLossObserver | None = None,
+         stop=None) -> dict[str, dict[str, np.ndarray]]:
+    """One sweep of the heads `comps`, all chains in lockstep; `ref`: L_{B_t}(w*) of every step's batch.
+    Returns each head's per-step records [chains, steps] (losses, sq_dist, log_accept) for `assemble`."""
     s = settings
     cfg = model.cfg
     chains = s.chains
-    start = time.perf_counter()
     steps = s.burn_in + s.draws
     init_loss = float(ref[s.burn_in:].mean())
     max_loss = s.max_loss(init_loss)
@@ -662,20 +667,10 @@ def _run(model, stream: BatchStream, comps: list[str], *, settings: SGLDSettings
             losses[layer][:, t] = step_loss
         if on_step is not None:
             on_step(t)
-    seconds = time.perf_counter() - start
-
-    n_coords = sum(int(np.prod(shape[1:])) for shape in shapes)
-    out: dict[str, LLCEstimate] = {}
-    share = seconds / len(comps)
+    records: dict[str, dict[str, np.ndarray]] = {}
     for c in comps:
         layer, head = (int(x) for x in c.split(":"))
         group = next(g for g in groups if g.layer == layer)
         rows = slice(group.heads.index(head) * chains, (group.heads.index(head) + 1) * chains)
-        est = assemble(losses=losses[layer][rows], sq_dist=sq_dist[layer][rows], log_accept=log_accept[layer][rows],
-                       ref=ref, init_loss=init_loss, settings=s, n_distinct=stream.n_distinct, seconds=share,
-                       component=c, n_coords=n_coords, hyper=hyper)
-        est.diagnostics.update(fast_path=True, sweep_seconds=seconds, sweep_components=len(comps))
-        out[c] = est
-    return out
-
-
+        records[c] = dict(losses=losses[layer][rows], sq_dist=sq_dist[layer][rows], log_accept=log_accept[layer][rows])
+    return records

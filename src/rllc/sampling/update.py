@@ -58,7 +58,6 @@ def sq(x: Tensor) -> Tensor:
     return x.pow(2).flatten(1).sum(-1, dtype=accumulator(x.device))
 
 
-
 def noise_streams(seeds: Sequence[int], antithetic: bool) -> tuple[list[int], list[bool]]:
     """Per chain, the seed of the generator its noise is drawn from and whether that noise is negated. Plain:
     chain c's own seed. Antithetic pairs (settings.antithetic): chain 2i+1 draws from chain 2i's seed and
@@ -67,6 +66,7 @@ def noise_streams(seeds: Sequence[int], antithetic: bool) -> tuple[list[int], li
     if not antithetic:
         return list(seeds), [False] * len(seeds)
     return [seeds[c - c % 2] for c in range(len(seeds))], [c % 2 == 1 for c in range(len(seeds))]
+
 
 class ChainBlock:
     """K chains' coordinates, stacked [K, ...] per parameter, and what the update carries between steps.
