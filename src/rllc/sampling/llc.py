@@ -108,7 +108,7 @@ def estimate_llcs(
         (else it warns Bf16Refused and runs fp32); other components always run fp32.
     workers: the head sampler's heads split into this many sweeps run side by side in threads, torch's
         threads shared out among them (CPU only; the estimates do not depend on it, to float rounding).
-        "auto": 2 when torch has at least 2 threads, else 1 (on 2 cores, two one-thread sweeps took ~0.8x
+        "auto": 2 when torch has at least 2 threads, else 1 (on 2 cores, two one-thread sweeps took 0.75x
         the time of one two-thread sweep on the demo model; docs/llc.md).
     progress: show SGLD steps on stderr (a bar on a terminal, a line every few seconds in a log).
     observer: a :class:`rllc.sampling.observables.TokenLossObserver`: both back-ends record its probe sets'
